@@ -1,0 +1,47 @@
+# Two commands set everything up on a fresh machine: `make demo` (main job) and `make test` (tests).
+# Each creates .venv if missing and installs what it needs first.
+#
+# torch is installed before the project so that the right build is chosen: TORCH_SPEC defaults to the
+# pinned release; pip takes the CPU wheel where one lies on disk (as on this project's CPU machines) and
+# the default CUDA build from PyPI on a Linux GPU machine. Override, e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.cmikit-installed
+PYTEST_ARGS ?=
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test test-fast lint bench gpu-check clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m harness.demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the tests that need the real embedded model (for quick local iterations).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not embedded" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) scripts/bench_backend.py
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

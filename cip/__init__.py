@@ -1,0 +1,1 @@
+"""cip: placeholder until its issue lands."""

@@ -1,0 +1,1 @@
+"""decoding: placeholder until its issue lands."""

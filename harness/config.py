@@ -1,0 +1,125 @@
+"""Dataclass configs from YAML files with command-line overrides, on top of ``HfArgumentParser``.
+
+``parse_config((MyConfig, OtherConfig), ["--config", "run.yaml", "--lr", "1e-4"])`` returns one instance per
+dataclass. The YAML file's keys are turned into command-line options placed *before* the real ones, so the
+same argparse type conversion and ``choices`` checks apply to both and the command line wins. Any problem
+(unknown key, a value of the wrong type, a value outside the allowed set, a failed ``__post_init__`` check,
+a missing file) raises :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key, the value and what is allowed."""
+
+
+def _field_names(types: Sequence[type]) -> dict[str, type]:
+    names: dict[str, type] = {}
+    for cls in types:
+        for f in dataclasses.fields(cls):
+            if f.init:
+                names[f.name] = cls
+    return names
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of key: value, got {type(data).__name__}.")
+    return data
+
+
+def _yaml_to_argv(data: dict[str, Any], allowed: dict[str, type], source: str) -> list[str]:
+    argv: list[str] = []
+    for key, value in data.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"Unknown key {key!r} (value {value!r}) in {source}.{hint} Allowed keys: {', '.join(sorted(allowed))}."
+            )
+        if value is None:
+            continue  # null in YAML: keep the dataclass default
+        if isinstance(value, bool):
+            argv += [f"--{key}", str(value).lower()]
+        elif isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *[json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in value]]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_config(types: type | Sequence[type], args: Sequence[str] | None = None,
+                 config_path: str | Path | None = None) -> Any:
+    """Parse ``--config file.yaml`` plus ``--key value`` overrides into dataclass instances.
+
+    Returns a single instance when ``types`` is one class, else a tuple in the order given.
+    """
+    from transformers import HfArgumentParser
+
+    single = isinstance(types, type)
+    type_list = [types] if single else list(types)
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a path to a YAML file.")
+        config_path = argv[i + 1]
+        del argv[i : i + 2]
+    allowed = _field_names(type_list)
+    yaml_argv = _yaml_to_argv(load_yaml(config_path), allowed, str(config_path)) if config_path else []
+
+    parser = HfArgumentParser(type_list)
+
+    def _error(message: str) -> None:
+        raise ConfigError(f"Bad configuration: {message}")
+
+    parser.error = _error  # argparse would print usage and exit; raise an actionable error instead
+    for token in argv:
+        if token.startswith("--") and token[2:].split("=")[0] not in allowed and token not in ("--help", "-h"):
+            key = token[2:].split("=")[0]
+            close = difflib.get_close_matches(key, list(allowed), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"Unknown option --{key}.{hint} Allowed: {', '.join(sorted(allowed))}.")
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=yaml_argv + argv, return_remaining_strings=True)
+    except (ValueError, TypeError) as err:  # __post_init__ checks
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"Bad configuration: {err}") from err
+    *instances, remaining = parsed
+    if remaining:
+        raise ConfigError(f"Unrecognised arguments: {' '.join(remaining)}")
+    return instances[0] if single else tuple(instances)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a dataclass config (for saving next to results)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        try:
+            json.dumps(value)
+        except TypeError:
+            value = str(value)
+        out[f.name] = value
+    return out

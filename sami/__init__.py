@@ -1,0 +1,1 @@
+"""sami: placeholder until its issue lands."""
