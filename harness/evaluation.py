@@ -131,12 +131,12 @@ def summarize(records: Iterable[dict[str, Any]], group_by: str | None = None, co
 
 
 def _dist_state():
-    try:
-        from accelerate import PartialState
+    """The accelerate process state; on machines without CUDA, ``cpu=True`` lets ``torchrun`` /
+    ``accelerate launch --cpu`` start several gloo processes (accelerate only does so when asked)."""
+    import torch
+    from accelerate import PartialState
 
-        return PartialState()
-    except Exception:  # pragma: no cover - accelerate is a core dependency
-        return None
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def run_task(task: Task, out_dir: str | Path, batch_size: int = 8, resume: bool = True,

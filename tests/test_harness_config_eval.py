@@ -157,3 +157,25 @@ def test_plot_curves_writes_png(tmp_path):
     path = plot_curves({"C-IP": {"x": [1, 2, 3], "y": [0.5, 0.7, 0.9], "low": [0.4, 0.6, 0.8],
                                  "high": [0.6, 0.8, 1.0]}}, tmp_path / "p.png", "k", "accuracy", diagonal=True)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_examples_split_across_two_processes(tmp_path):
+    """torchrun with two CPU processes: each example runs on exactly one rank, records are merged."""
+    script = tmp_path / "dist_job.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(os.getcwd())!r})
+        from harness.evaluation import Task, run_task
+        def run_batch(batch):
+            return [{{"metrics": {{"v": 1.0}}, "rank": int(os.environ["RANK"])}} for _ in batch]
+        run_task(Task("dist", [{{"id": i}} for i in range(10)], run_batch), sys.argv[1], batch_size=2,
+                 progress=False)
+    """))
+    out = tmp_path / "out"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(out)]
+    subprocess.run(torchrun, check=True, capture_output=True, timeout=240)
+    records = read_jsonl(out / "records.jsonl")
+    assert sorted(int(r["id"]) for r in records) == list(range(10))
+    assert {r["rank"] for r in records} == {0, 1}
+    assert not list(out.glob("records.rank*.jsonl"))
+    assert json.loads((out / "summary.json").read_text())["n_records"] == 10
