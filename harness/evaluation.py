@@ -161,6 +161,14 @@ def run_task(task: Task, out_dir: str | Path, batch_size: int = 8, resume: bool 
     state = _dist_state()
     rank = state.process_index if state is not None else 0
     world = state.num_processes if state is not None else 1
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and world != launched:
+        raise EvaluationError(
+            f"This process was launched as one of {launched} (WORLD_SIZE) but accelerate sees {world}: an "
+            f"accelerate state was created before run_task without distributed set-up. On a CPU-only machine "
+            f"create it as PartialState(cpu=True) (or use `accelerate launch --cpu`), otherwise the processes "
+            f"would all run every example."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     done = completed_ids(out_dir)
     if done and not resume:
@@ -168,6 +176,9 @@ def run_task(task: Task, out_dir: str | Path, batch_size: int = 8, resume: bool 
             f"{out_dir} already holds {len(done)} records; pass resume=True (--resume) to continue, or choose "
             f"a new output folder."
         )
+    if state is not None and world > 1:
+        # Every rank must split the same to-do list: nobody writes before all have read what is done.
+        state.wait_for_everyone()
     todo = [e for e, i in zip(examples, ids) if i not in done]
     mine = todo[rank::world]
     records_path = out_dir / (RECORDS_FILE if world == 1 else f"records.rank{rank}.jsonl")

@@ -166,6 +166,9 @@ def test_examples_split_across_two_processes(tmp_path):
         import os, sys
         sys.path.insert(0, {str(os.getcwd())!r})
         from harness.evaluation import Task, run_task
+        import time
+        if os.environ["RANK"] == "1":
+            time.sleep(1.0)  # a slow starter: it must still split the same to-do list as rank 0
         def run_batch(batch):
             return [{{"metrics": {{"v": 1.0}}, "rank": int(os.environ["RANK"])}} for _ in batch]
         run_task(Task("dist", [{{"id": i}} for i in range(10)], run_batch), sys.argv[1], batch_size=2,
@@ -173,7 +176,10 @@ def test_examples_split_across_two_processes(tmp_path):
     """))
     out = tmp_path / "out"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(out)]
-    subprocess.run(torchrun, check=True, capture_output=True, timeout=240)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+                                                                      "MASTER_"))}
+    proc = subprocess.run(torchrun, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     records = read_jsonl(out / "records.jsonl")
     assert sorted(int(r["id"]) for r in records) == list(range(10))
     assert {r["rank"] for r in records} == {0, 1}

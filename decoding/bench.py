@@ -1,0 +1,280 @@
+"""``dlm-decode bench``: every strategy over a grid of budgets on the tiny trained DLM, plus loop overhead.
+
+Part 1 (accuracy vs NFE): the tiny LLaDA-style model of :mod:`decoding.tiny_dlm` decodes held-out
+copy-one-of-two problems (:mod:`decoding.tiny_task`) with each strategy and setting; recorded per setting:
+exact-match accuracy, mean NFE per sequence (``nfe_per_row``), wall time and sequences/s. The baseline
+is LLaDA ``low_confidence`` with one token per step (steps = gen_length).
+
+Part 2 (overhead): on a ~135M-parameter model made bidirectional (the embedded SmolLM2, timing only), time
+per step minus model forward time, at batch 1 and batch 8, and sequences/s at both.
+
+Part 1 runs greedy (temperature 0) and sampled (temperature 1, seeded) decoding: at temperature 0 a
+model with a slight global preference resolves the task's coin flips consistently even in parallel;
+sampling is where committing dependent tokens together produces chimeras.
+
+Writes ``bench.json``, ``bench.png`` (temperature 0) and ``bench_t1.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decoding.adapters import DiffusionModelAdapter, adapt
+from decoding.config import DiffusionGenerationConfig
+from decoding.loop import generate
+
+BASELINE = ("low_confidence", "steps=N")
+
+
+def budget_grid(n: int, quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(strategy, label, config fields)`` for every setting; ``n`` is the generation length."""
+    if quick:
+        return [
+            ("low_confidence", "steps=N", {"steps": n}),
+            ("low_confidence", "steps=N/4", {"steps": n // 4}),
+            ("entropy", "steps=N", {"steps": n}),
+            ("threshold", "tau=0.9", {"threshold": 0.9}),
+            ("entropy_bound", "gamma=0.1", {"entropy_bound": 0.1}),
+            ("ccd", "fixed (seek_mode=False)", {"seek_mode": False}),
+            ("ccd", "DS expand_ratio=4", {"seek_mode": True, "expand_ratio": 4.0}),
+            ("ccd_marginal", "DS eps=0.1", {"ccd_entropy_threshold": 0.1}),
+        ]
+    grid: list[tuple[str, str, dict[str, Any]]] = []
+    for div in (1, 2, 3, 4, 6, 8):
+        grid.append(("low_confidence", "steps=N" if div == 1 else f"steps=N/{div}", {"steps": max(1, n // div)}))
+    for div in (1, 2):
+        grid.append(("random", "steps=N" if div == 1 else f"steps=N/{div}", {"steps": n // div}))
+    grid.append(("origin", "steps=N", {"steps": n, "seed": 0}))
+    for alg in ("maskgit_plus", "topk_margin", "entropy"):
+        for div in (1, 2, 4):
+            grid.append((alg, "steps=N" if div == 1 else f"steps=N/{div}", {"steps": n // div}))
+    grid.append(("entropy", "steps=N corrected schedule", {"steps": n, "corrected_schedule": True}))
+    for tau in (0.99, 0.95, 0.9, 0.8, 0.7, 0.5):
+        grid.append(("threshold", f"tau={tau}", {"threshold": tau}))
+    for gamma in (0.001, 0.01, 0.1, 0.3, 1.0):
+        grid.append(("entropy_bound", f"gamma={gamma}", {"entropy_bound": gamma}))
+    grid.append(("ccd", "fixed (seek_mode=False)", {"seek_mode": False}))
+    for ratio in (1.0, 2.0, 4.0, 8.0):
+        grid.append(("ccd", f"DS expand_ratio={ratio:g}", {"seek_mode": True, "expand_ratio": ratio}))
+    grid.append(("ccd", "DS expand_ratio=4 steps=N/2", {"seek_mode": True, "expand_ratio": 4.0, "steps": n // 2}))
+    grid.append(("ccd_marginal", "fixed budget", {"ccd_entropy_threshold": None}))
+    for eps in (0.01, 0.05, 0.1, 0.3, 0.6):
+        grid.append(("ccd_marginal", f"DS eps={eps}", {"ccd_entropy_threshold": eps}))
+    for eps in (0.3, 0.6):
+        grid.append(("ccd_marginal", f"DS eps={eps} V=8", {"ccd_entropy_threshold": eps, "ccd_top_v": 8}))
+    for eps in (0.1, 0.3):
+        grid.append(("ccd_marginal", f"DS eps={eps} V=8 tokens=current",
+                     {"ccd_entropy_threshold": eps, "ccd_top_v": 8, "ccd_tokens_from": "current"}))
+    return grid
+
+
+def evaluate_setting(model, tokenizer, task, problems, config: DiffusionGenerationConfig,
+                     batch_size: int) -> dict[str, Any]:
+    """Exact match, mean NFE per sequence, wall time and sequences/s for one config."""
+    from decoding.tiny_dlm import encode_problems
+
+    prompts, _ = encode_problems(problems, tokenizer, task.gen_length)
+    correct, nfe_rows, batch_nfe = 0, [], 0
+    start = time.perf_counter()
+    for lo in range(0, len(problems), batch_size):
+        out = generate(model, prompts[lo:lo + batch_size], config)
+        batch_nfe += out.nfe
+        nfe_rows += out.nfe_per_row.tolist()
+        for row, (prompt, _) in enumerate(problems[lo:lo + batch_size]):
+            text = "".join(tokenizer.convert_ids_to_tokens(out.generated[row].tolist()))
+            correct += task.is_correct(prompt, text)
+    seconds = time.perf_counter() - start
+    return {
+        "accuracy": correct / len(problems),
+        "mean_nfe": sum(nfe_rows) / len(nfe_rows),
+        "batch_nfe_total": batch_nfe,
+        "wall_seconds": round(seconds, 3),
+        "sequences_per_second": round(len(problems) / seconds, 2),
+        "n": len(problems),
+    }
+
+
+def accuracy_vs_nfe(model_path: str | None, quick: bool, batch_size: int = 128,
+                    n_problems: int | None = None, progress: bool = True, temperature: float = 0.0,
+                    seed: int = 0) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from decoding.tiny_dlm import load_tiny_dlm
+
+    model, tokenizer, task = load_tiny_dlm(model_path, progress=progress)
+    n_problems = n_problems or (64 if quick else 256)
+    problems = task.problems(n_problems, seed=12345)  # the held-out split the trainer excluded
+    n = task.gen_length
+    results = []
+    for strategy, label, fields_ in tqdm(budget_grid(n, quick), desc="bench settings", disable=not progress):
+        config = DiffusionGenerationConfig(gen_length=n, strategy=strategy, temperature=temperature,
+                                           **{"seed": seed, **fields_})
+        row = {"strategy": strategy, "setting": label, "config": {k: v for k, v in fields_.items()}}
+        row.update(evaluate_setting(model, tokenizer, task, problems, config, batch_size))
+        results.append(row)
+    return {"task": {"name": "copy-one-of-two", **vars(task)}, "n_problems": n_problems, "gen_length": n,
+            "temperature": temperature, "seed": seed,
+            "results": results, "targets": ccd_target(results, n)}
+
+
+def ccd_target(results: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """CCD-DS vs the one-token-per-step confidence baseline: best NFE reduction at >= baseline accuracy."""
+    base = next(r for r in results if (r["strategy"], r["setting"]) == BASELINE)
+    summary: dict[str, Any] = {"baseline": {k: base[k] for k in ("accuracy", "mean_nfe")}}
+    for name in ("ccd", "ccd_marginal"):
+        ds = [r for r in results if r["strategy"] == name and "DS" in r["setting"]]
+        ok = [r for r in ds if r["accuracy"] >= base["accuracy"]]
+        best = min(ok, key=lambda r: r["mean_nfe"]) if ok else None
+        summary[name] = {
+            "best_at_equal_or_better_accuracy": None if best is None else {
+                "setting": best["setting"], "accuracy": best["accuracy"], "mean_nfe": best["mean_nfe"],
+                "nfe_reduction": round(base["mean_nfe"] / best["mean_nfe"], 3)},
+            "all_ds": [{k: r[k] for k in ("setting", "accuracy", "mean_nfe")} for r in ds],
+        }
+        summary[name]["meets_3x"] = bool(best and base["mean_nfe"] / best["mean_nfe"] >= 3)
+    return summary
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Overhead
+# -------------------------------------------------------------------------------------------------------------
+@dataclass
+class TimedAdapter(DiffusionModelAdapter):
+    """An adapter that accumulates the wall time of its forward passes (CPU: synchronous; CUDA: synchronised)."""
+
+    forward_seconds: float = 0.0
+
+    def logits(self, input_ids, attention_mask):
+        sync = torch.cuda.synchronize if input_ids.is_cuda else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        out = super().logits(input_ids, attention_mask)
+        sync()
+        self.forward_seconds += time.perf_counter() - start
+        return out
+
+
+def spare_special_token_id(tokenizer) -> int:
+    """A mask id for a model that has none: the tokenizer's mask token, else its last added special token
+    that is not BOS / EOS / PAD / UNK (read from the tokenizer, never hard-coded)."""
+    if getattr(tokenizer, "mask_token_id", None) is not None:
+        return tokenizer.mask_token_id
+    reserved = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}
+    specials = [i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special and i not in reserved]
+    if not specials:
+        raise ValueError("the tokenizer has no spare special token to use as [MASK]; pass one explicitly")
+    return max(specials)
+
+
+def measure_overhead(model_ref: str = "smollm2-135m-instruct", batch_sizes: tuple[int, ...] = (1, 8),
+                     prompt_length: int = 16, gen_length: int = 32,
+                     strategies: tuple[str, ...] = ("low_confidence", "ccd", "ccd_marginal", "threshold"),
+                     repeats: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Loop + strategy time per step minus forward time, on a ~135M model made bidirectional (timing only)."""
+    from tqdm.auto import tqdm
+
+    from harness.models import load_model
+
+    model, tokenizer = load_model(model_ref)
+    model.eval()
+    base = adapt(model, tokenizer, bidirectional=True, mask_token_id=spare_special_token_id(tokenizer))
+    adapter = TimedAdapter(**{f.name: getattr(base, f.name) for f in fields(base)})
+    n_params = sum(p.numel() for p in model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    jobs = [(s, b) for s in strategies for b in batch_sizes]
+    for strategy, batch in tqdm(jobs, desc="overhead", disable=not progress):
+        ids = torch.randint(0, tokenizer.vocab_size, (batch, prompt_length), generator=gen).to(adapter.device)
+        config = DiffusionGenerationConfig(gen_length=gen_length, strategy=strategy, threshold=0.9,
+                                           ccd_entropy_threshold=0.1)
+        generate(adapter, ids, config.update(gen_length=8))  # warm-up
+        best = None
+        for _ in range(repeats):
+            adapter.forward_seconds = 0.0
+            start = time.perf_counter()
+            out = generate(adapter, ids, config)
+            total = time.perf_counter() - start
+            if best is None or total < best[0]:
+                best = (total, adapter.forward_seconds, out.nfe)
+        total, forward, nfe = best
+        rows.append({
+            "strategy": strategy, "batch": batch, "nfe": nfe, "total_seconds": round(total, 4),
+            "forward_seconds": round(forward, 4),
+            "overhead_ms_per_step": round(1000 * (total - forward) / nfe, 3),
+            "forward_ms_per_step": round(1000 * forward / nfe, 3),
+            "overhead_fraction_of_forward": round((total - forward) / forward, 4),
+            "sequences_per_second": round(batch / total, 3),
+        })
+    speedups = {}
+    for strategy in strategies:
+        by_batch = {r["batch"]: r for r in rows if r["strategy"] == strategy}
+        if 1 in by_batch and 8 in by_batch:
+            speedups[strategy] = round(by_batch[8]["sequences_per_second"] / by_batch[1]["sequences_per_second"], 3)
+    return {
+        "model": model_ref, "parameters": n_params, "device": str(adapter.device),
+        "torch_threads": torch.get_num_threads(), "prompt_length": prompt_length, "gen_length": gen_length,
+        "rows": rows, "batch8_over_batch1_sequences_per_second": speedups,
+        "max_overhead_fraction": max(r["overhead_fraction_of_forward"] for r in rows),
+    }
+
+
+# -------------------------------------------------------------------------------------------------------------
+def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for strategy in dict.fromkeys(r["strategy"] for r in results):
+        rows = sorted((r for r in results if r["strategy"] == strategy), key=lambda r: r["mean_nfe"])
+        ax.plot([r["mean_nfe"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=strategy)
+    base = next((r for r in results if (r["strategy"], r["setting"]) == BASELINE), None)
+    if base:
+        ax.axhline(base["accuracy"], color="grey", linestyle=":", linewidth=1)
+        ax.axvline(base["mean_nfe"] / 3, color="grey", linestyle="--", linewidth=1, label="baseline NFE / 3")
+    ax.set_xlabel("mean forward passes per sequence (NFE)")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_title(f"Tiny DLM, copy-one-of-two task: accuracy vs NFE {title}".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path: str | None = None,
+              overhead_model: str | None = "smollm2-135m-instruct", batch_size: int = 128,
+              n_problems: int | None = None, threads: int | None = None,
+              temperatures: tuple[float, ...] = (0.0, 1.0)) -> dict[str, Any]:
+    """Run both parts and write ``bench.json`` / ``bench.png``; returns the report dict."""
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "command": f"dlm-decode bench{' --quick' if quick else ''}",
+        "host": {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
+                 "threads": torch.get_num_threads()},
+    }
+    report["accuracy_vs_nfe"] = {}
+    for temperature in temperatures:
+        key = f"temperature={temperature:g}"
+        report["accuracy_vs_nfe"][key] = accuracy_vs_nfe(model_path, quick, batch_size, n_problems,
+                                                         temperature=temperature)
+        suffix = "" if temperature == temperatures[0] else f"_t{temperature:g}"
+        plot(report["accuracy_vs_nfe"][key]["results"], out / f"bench{suffix}.png", title=key)
+        (out / "bench.json").write_text(json.dumps(report, indent=1))
+    if overhead_model:
+        report["overhead"] = measure_overhead(
+            overhead_model, gen_length=16 if quick else 32, repeats=1 if quick else 2,
+            strategies=("low_confidence", "ccd") if quick else ("low_confidence", "ccd", "ccd_marginal", "threshold"))
+        (out / "bench.json").write_text(json.dumps(report, indent=1))
+    return report

@@ -1,0 +1,188 @@
+"""``DiffusionGenerationConfig``: every knob of the decoding loop and its strategies, validated in one place.
+
+Modelled on transformers' ``GenerationConfig`` (and Dream's ``DreamGenerationConfig``, whose ``validate`` is
+a no-op): plain attributes with documented defaults, ``validate()`` raising ``ValueError`` that names the
+field, the value and what is allowed, and ``to_dict`` / ``update`` helpers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+STRATEGIES = (
+    "low_confidence", "random",                                 # LLaDA generate.py remasking
+    "origin", "maskgit_plus", "topk_margin", "entropy",        # Dream diffusion_generate algs
+    "threshold",                                                # Fast-dLLM confidence-threshold parallel
+    "entropy_bound",                                            # EB-Sampler
+    "ccd", "ccd_marginal",                                      # CCD as released / as the paper states it
+)
+
+
+@dataclass
+class DiffusionGenerationConfig:
+    """Configuration of :func:`decoding.generate`.
+
+    Canvas and schedule
+        gen_length (int, 128): number of mask tokens appended to the prompt.
+        block_length (int | None, None): semi-autoregressive block size; ``None`` means one block of
+            ``gen_length`` (LLaDA asserts ``gen_length % block_length == 0``).
+        steps (int | None, None): total step budget over all blocks (each block gets ``steps / num_blocks``);
+            ``None`` means ``gen_length`` (one token per step). Adaptive strategies (``threshold``,
+            ``entropy_bound``, CCD-DS) may finish a block early; a block never runs past the point where it has
+            no mask left.
+        strategy (str, "low_confidence"): one of :data:`STRATEGIES`, see ``decoding.strategies``.
+
+    Sampling (all strategies)
+        temperature (float, 0.0): 0 = greedy. LLaDA strategies use float64 Gumbel-max; Dream and CCD sample
+            from softmax(logits / temperature) after top-p / top-k.
+        top_p (float | None), top_k (int | None): Dream-style nucleus / top-k filtering.
+        cfg_scale (float, 0.0): LLaDA classifier-free guidance; the unconditional pass masks the prompt.
+        suppress_eos (bool, False): LLaDA ``logits_eos_inf``: EOS / EoT logits set to -inf before sampling.
+        defer_eos (bool, False): LLaDA ``confidence_eos_eot_inf`` done as intended (the reference only hits
+            EoT): positions whose sampled token is EOS / EoT get confidence -inf.
+        seed (int | None, None): seeds the loop's own ``torch.Generator`` (same seed, same output).
+
+    Strategy parameters
+        alg_temp (float | None): Dream: sample positions from softmax(confidence / alg_temp) instead of top-k.
+        eps (float, 1e-3): Dream timestep schedule ``linspace(1, eps, steps + 1)``.
+        corrected_schedule (bool, False): NOT Dream's behaviour: ``linspace(1, 0, steps + 1)`` with a
+            float-safe floor, so no step is wasted (Dream's first step commits 0 tokens when steps = length).
+        threshold (float, 0.9): Fast-dLLM confidence threshold tau in (0, 1].
+        entropy_bound (float, 0.1): EB-Sampler gamma (nats), >= 0.
+        expand_ratio (float, 4.0), warmup_steps (int, 5), late_frac (float, 0.1), seek_mode (bool, True): CCD as
+            released (``tonyckc/CCD-DLM-code``); ``seek_mode`` is CCD-DS (adaptive budget).
+        ccd_window (int, 3), ccd_top_v (int, 4), ccd_entropy_threshold (float | None, 0.1): CCD as the paper
+            states it: window d, positions kept per step V, DS threshold epsilon (``None`` = fixed budget).
+        ccd_tokens_from (str, "mixture"): ``ccd_marginal`` draws tokens from the mixture p_bar (the paper's
+            target) or from the ``"current"`` step's distribution (safer when sampling, temperature > 0).
+
+    Outputs
+        output_history (bool, False): keep the canvas after every step.
+        max_context (int | None, None): override the model's context length check.
+    """
+
+    gen_length: int = 128
+    block_length: int | None = None
+    steps: int | None = None
+    strategy: str = "low_confidence"
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    cfg_scale: float = 0.0
+    suppress_eos: bool = False
+    defer_eos: bool = False
+    seed: int | None = None
+    alg_temp: float | None = None
+    eps: float = 1e-3
+    corrected_schedule: bool = False
+    threshold: float = 0.9
+    entropy_bound: float = 0.1
+    expand_ratio: float = 4.0
+    warmup_steps: int = 5
+    late_frac: float = 0.1
+    seek_mode: bool = True
+    ccd_window: int = 3
+    ccd_top_v: int = 4
+    ccd_entropy_threshold: float | None = 0.1
+    ccd_tokens_from: str = "mixture"
+    output_history: bool = False
+    max_context: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived values ----------------------------------------------------------------------------
+    @property
+    def resolved_block_length(self) -> int:
+        return self.gen_length if self.block_length is None else self.block_length
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.resolved_block_length
+
+    @property
+    def resolved_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.resolved_steps // self.num_blocks
+
+    # -- validation --------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field, its value and what is allowed."""
+
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"DiffusionGenerationConfig.{name}={getattr(self, name)!r} is invalid: {allowed}.")
+
+        if not isinstance(self.gen_length, int) or self.gen_length < 1:
+            raise bad("gen_length", "must be a positive integer")
+        if self.block_length is not None and (not isinstance(self.block_length, int) or self.block_length < 1):
+            raise bad("block_length", "must be a positive integer or None (one block)")
+        if self.gen_length % self.resolved_block_length:
+            raise ValueError(
+                f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}: blocks must "
+                f"tile the generation (e.g. block_length={self._divisor_hint()})."
+            )
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise bad("steps", "must be a positive integer or None (= gen_length)")
+        if self.resolved_steps % self.num_blocks:
+            raise ValueError(
+                f"steps={self.resolved_steps} is not divisible by the number of blocks ({self.num_blocks} = "
+                f"gen_length {self.gen_length} / block_length {self.resolved_block_length}): each block needs the "
+                f"same number of steps (e.g. steps={self.num_blocks * max(1, self.resolved_steps // self.num_blocks)})."
+            )
+        if self.strategy not in STRATEGIES:
+            raise bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
+        if self.temperature < 0:
+            raise bad("temperature", "must be >= 0 (0 = greedy)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise bad("top_p", "must be in (0, 1] or None")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise bad("top_k", "must be a positive integer or None")
+        if self.cfg_scale < 0:
+            raise bad("cfg_scale", "must be >= 0 (0 disables classifier-free guidance)")
+        if self.alg_temp is not None and self.alg_temp < 0:
+            raise bad("alg_temp", "must be >= 0 or None")
+        if not 0 <= self.eps < 1:
+            raise bad("eps", "must be in [0, 1)")
+        if not 0 < self.threshold <= 1:
+            raise bad("threshold", "a confidence threshold must be in (0, 1]")
+        if self.entropy_bound < 0:
+            raise bad("entropy_bound", "must be >= 0 (nats)")
+        if self.expand_ratio < 0:
+            raise bad("expand_ratio", "must be >= 0")
+        if self.warmup_steps < 1:
+            raise bad("warmup_steps", "must be >= 1")
+        if not 0 <= self.late_frac < 1:
+            raise bad("late_frac", "must be in [0, 1)")
+        if self.ccd_window < 1:
+            raise bad("ccd_window", "must be >= 1")
+        if self.ccd_top_v < 1:
+            raise bad("ccd_top_v", "must be >= 1")
+        if self.ccd_entropy_threshold is not None and self.ccd_entropy_threshold <= 0:
+            raise bad("ccd_entropy_threshold", "must be > 0 (nats) or None for the fixed budget")
+        if self.ccd_tokens_from not in ("mixture", "current"):
+            raise bad("ccd_tokens_from", "choose 'mixture' or 'current'")
+        if self.max_context is not None and self.max_context < 1:
+            raise bad("max_context", "must be a positive integer or None")
+
+    def _divisor_hint(self) -> int:
+        want = self.resolved_block_length
+        divisors = [d for d in range(1, self.gen_length + 1) if self.gen_length % d == 0]
+        return min(divisors, key=lambda d: abs(d - want))
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def update(self, **kwargs: Any) -> DiffusionGenerationConfig:
+        """A validated copy with ``kwargs`` replaced; unknown names raise ``TypeError`` listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"Unknown DiffusionGenerationConfig field(s) {unknown}; valid: {sorted(names)}")
+        return dataclasses.replace(self, **kwargs)

@@ -1,0 +1,180 @@
+"""The one decoding loop for masked diffusion LMs.
+
+    canvas x = [prompt | MASK x gen_length]            (left-padded prompts: the 2D mask gets gen_length ones)
+    for each block of block_length positions (semi-autoregressive, LLaDA generate.py):
+        strategy.start_block(block mask, steps_per_block)
+        while the block still has a mask in some row:
+            logits = model(x)                           one forward pass = one NFE (CFG: one doubled batch)
+            logits = logits_hook(step, x, logits)       optional, Dream's generation_logits_hook_func
+            commit, tokens = strategy.select(block)     which masked positions to fill, and with what
+            x[block][commit] = tokens[commit]
+            x = tokens_hook(step, x, logits)            optional, Dream's generation_tokens_hook_func
+
+Blocks, the forward pass, classifier-free guidance (LLaDA: ``un + (cfg + 1) (cond - un)`` with the prompt
+masked in the unconditional pass), EOS suppression, hooks, history and NFE counting live here once;
+strategies (``decoding.strategies``) only decide. Everything is batched: rows that finish a block early
+stop committing but the batch keeps stepping until every row is done (``nfe_per_row`` counts the passes in
+which a row still had masks, i.e. what it would have cost alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from decoding.adapters import DiffusionModelAdapter, adapt
+from decoding.config import DiffusionGenerationConfig
+from decoding.strategies import StepInput, Strategy, make_strategy
+
+Hook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+@dataclass
+class DiffusionOutput:
+    """Result of :func:`generate`.
+
+    sequences: ``[B, prompt + gen_length]`` final canvas. nfe: forward passes run for the batch.
+    nfe_per_row: ``[B]`` passes during which each row still had a mask in the current block.
+    commits_per_step: ``[steps_run, B]`` tokens committed per step and row.
+    history: canvases after every step when ``config.output_history``.
+    """
+
+    sequences: torch.Tensor
+    nfe: int
+    nfe_per_row: torch.Tensor
+    commits_per_step: torch.Tensor
+    prompt_length: int
+    history: list[torch.Tensor] | None = None
+    block_nfe: list[int] = field(default_factory=list)
+
+    @property
+    def generated(self) -> torch.Tensor:
+        """The generated part only, ``[B, gen_length]``."""
+        return self.sequences[:, self.prompt_length:]
+
+
+def _forward(adapter: DiffusionModelAdapter, x: torch.Tensor, attention_mask: torch.Tensor | None,
+             prompt_length: int, cfg_scale: float) -> torch.Tensor:
+    if cfg_scale <= 0:
+        return adapter.logits(x, attention_mask)
+    # LLaDA classifier-free guidance: the unconditional canvas has its prompt masked.
+    uncond = x.clone()
+    uncond[:, :prompt_length] = adapter.mask_token_id
+    both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+    logits = adapter.logits(torch.cat([x, uncond]), both_mask)
+    cond, un = logits.chunk(2)
+    return un + (cfg_scale + 1) * (cond - un)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    config: DiffusionGenerationConfig | None = None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    tokenizer=None,
+    strategy: Strategy | None = None,
+    logits_hook: Hook | None = None,
+    tokens_hook: Hook | None = None,
+    **config_overrides,
+) -> DiffusionOutput:
+    """Decode ``gen_length`` tokens after ``input_ids`` with a masked diffusion LM.
+
+    Args:
+        model: a model or a :class:`~decoding.adapters.DiffusionModelAdapter` (see :func:`decoding.adapt`).
+        input_ids: ``[B, P]`` prompts, left-padded when lengths differ.
+        config: a :class:`DiffusionGenerationConfig`; ``config_overrides`` replace its fields.
+        attention_mask: ``[B, P]`` 1 for real tokens, 0 for left padding.
+        tokenizer: optional, a source of mask / EOS ids when the model config lacks them.
+        strategy: a ready strategy object (default: ``make_strategy(config)``).
+        logits_hook, tokens_hook: ``f(step, x, logits)`` returning new logits / canvas (or ``None`` to keep).
+
+    Returns:
+        :class:`DiffusionOutput` with ``sequences``, ``nfe``, ``nfe_per_row``, ``commits_per_step``, ``history``.
+    """
+    config = config or DiffusionGenerationConfig()
+    if config_overrides:
+        config = config.update(**config_overrides)
+    adapter = adapt(model, tokenizer)
+    strategy = strategy or make_strategy(config)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, prompt_length], got shape {tuple(input_ids.shape)}")
+    batch, prompt_length = input_ids.shape
+    gen_length, block_length = config.gen_length, config.resolved_block_length
+    adapter.check_length(prompt_length + gen_length, config.max_context)
+    mask_id = adapter.mask_token_id
+    device = input_ids.device
+
+    x = torch.cat([input_ids, torch.full((batch, gen_length), mask_id, dtype=input_ids.dtype, device=device)], 1)
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], 1)
+    generator = None
+    if config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    eos = torch.tensor(adapter.eos_token_ids, dtype=torch.long, device=device)
+    defer_ids = eos if config.defer_eos else None
+
+    nfe, step_count = 0, 0
+    nfe_per_row = torch.zeros(batch, dtype=torch.long, device=device)
+    commits: list[torch.Tensor] = []
+    history: list[torch.Tensor] | None = [] if config.output_history else None
+    block_nfe: list[int] = []
+    steps_per_block = config.steps_per_block
+    max_steps_per_block = max(steps_per_block, block_length) + 1
+    for block in range(config.num_blocks):
+        lo = prompt_length + block * block_length
+        hi = lo + block_length
+        strategy.start_block(x[:, lo:hi] == mask_id, steps_per_block)
+        step, block_start_nfe = 0, nfe
+        while True:
+            block_mask = x[:, lo:hi] == mask_id
+            active = block_mask.any(-1)
+            if not bool(active.any()):
+                break
+            if step >= max_steps_per_block:
+                raise RuntimeError(
+                    f"strategy {type(strategy).__name__} left masks in block {block} after {step} steps; "
+                    "a strategy must commit at least one token per row per step eventually."
+                )
+            logits = _forward(adapter, x, attention_mask, prompt_length, config.cfg_scale)
+            nfe += 1
+            nfe_per_row += active
+            if logits_hook is not None:
+                logits = _keep(logits_hook(step_count, x, logits), logits)
+            block_logits = logits[:, lo:hi].float()
+            if config.suppress_eos and eos.numel():
+                block_logits[..., eos] = float("-inf")
+            commit, tokens = strategy.select(StepInput(
+                step=step, steps=steps_per_block, logits=block_logits, tokens=x[:, lo:hi], mask=block_mask,
+                config=config, generator=generator, defer_ids=defer_ids,
+            ))
+            commit = commit & block_mask
+            x[:, lo:hi] = torch.where(commit, tokens.to(x.dtype), x[:, lo:hi])
+            commits.append(commit.sum(-1))
+            if tokens_hook is not None:
+                x = _keep(tokens_hook(step_count, x, logits), x)
+            if history is not None:
+                history.append(x.clone())
+            step += 1
+            step_count += 1
+        block_nfe.append(nfe - block_start_nfe)
+
+    return DiffusionOutput(
+        sequences=x,
+        nfe=nfe,
+        nfe_per_row=nfe_per_row,
+        commits_per_step=torch.stack(commits) if commits else torch.zeros(0, batch, dtype=torch.long),
+        prompt_length=prompt_length,
+        history=history,
+        block_nfe=block_nfe,
+    )
+
+
+def _keep(new, old):
+    return old if new is None else new

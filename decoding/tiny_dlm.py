@@ -1,0 +1,198 @@
+"""A tiny LLaDA-style masked diffusion LM, trained from scratch on :class:`~decoding.tiny_task.CopyOneTask`.
+
+The model is a stock ``LlamaForCausalLM`` that always attends bidirectionally (a 4D all-visible mask),
+with ``config.mask_token_id``, ``config.shift_logits = False`` (LLaDA convention: logits at i predict
+token i) and ``config.is_bidirectional = True``. The tokenizer is the character-level
+:func:`harness.testing.tiny_tokenizer`; every special id is read from it.
+
+Training is the masked-diffusion SFT objective of LLaDA (Nie et al., 2025, Eq. 5 / their SFT recipe):
+the prompt stays visible, each answer token (EOS padding included) is masked with probability
+``p = (1 - eps) * t + eps`` for ``t ~ U(0, 1)`` per sequence, and the loss is the masked tokens'
+cross-entropy weighted by ``1/p`` and averaged over answer positions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from decoding.tiny_task import CopyOneTask
+
+ASSET_DIR = Path(__file__).parent / "assets" / "tiny-copy-dlm"
+
+
+def cache_dir() -> Path:
+    """``$CMIKIT_CACHE/decoding/tiny-copy-dlm`` (default ``~/.cache/cmikit``)."""
+    root = Path(os.environ.get("CMIKIT_CACHE", Path.home() / ".cache" / "cmikit"))
+    return root / "decoding" / "tiny-copy-dlm"
+
+
+@dataclass
+class TinyDLMTrainConfig:
+    """Everything that determines the trained weights (same config + same seed = same checkpoint)."""
+
+    length: int = 24
+    n_diff: int = 6
+    alphabet: str = "abcdefgh"
+    gen_length: int = 24
+    hidden_size: int = 64
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 192
+    steps: int = 1500
+    batch_size: int = 32
+    save_every: int = 250
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    mask_eps: float = 1e-3
+    seed: int = 0
+    heldout_seed: int = 12345
+    n_heldout: int = 512
+
+    def task(self) -> CopyOneTask:
+        return CopyOneTask(length=self.length, n_diff=self.n_diff, alphabet=self.alphabet, gen_length=self.gen_length)
+
+
+def _tokenizer():
+    from harness.testing import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+def build_model(cfg: TinyDLMTrainConfig, tokenizer) -> torch.nn.Module:
+    """A randomly initialised bidirectional Llama mask predictor sized by ``cfg``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    prompt_len = 2 * cfg.length + 2
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=max(128, prompt_len + cfg.gen_length),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config.mask_token_id = tokenizer.mask_token_id
+    config.shift_logits = False
+    config.is_bidirectional = True
+    config.tiny_dlm_task = asdict(cfg.task())
+    # Eager attention: on CPU it is ~3x faster than sdpa with an explicit 4D mask at this size.
+    config._attn_implementation = "eager"
+    return LlamaForCausalLM(config)
+
+
+def encode_problems(problems: list[tuple[str, str]], tokenizer, gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prompt_ids [N, P], answer_ids [N, gen_length])``, answers padded with EOS (all prompts equal length)."""
+    prompts = torch.tensor([tokenizer.convert_tokens_to_ids(list(p)) for p, _ in problems])
+    answers = torch.full((len(problems), gen_length), tokenizer.eos_token_id)
+    for row, (_, ans) in enumerate(problems):
+        answers[row, : len(ans)] = torch.tensor(tokenizer.convert_tokens_to_ids(list(ans)))
+    return prompts, answers
+
+
+def bidirectional_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    from harness.testing import bidirectional_attention_mask
+
+    return model(input_ids=input_ids, attention_mask=bidirectional_attention_mask(None, input_ids)).logits
+
+
+def train_tiny_dlm(cfg: TinyDLMTrainConfig, output_dir: str | Path, progress: bool = True) -> Path:
+    """Train from scratch and save ``model.safetensors`` + ``config.json`` (+ ``train_log.json``) to ``output_dir``."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = _tokenizer()
+    model = build_model(cfg, tokenizer).train()
+    task = cfg.task()
+    heldout = task.problems(cfg.n_heldout, seed=cfg.heldout_seed)
+    heldout_prompts = {p for p, _ in heldout}
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mask_id = tokenizer.mask_token_id
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    log = []
+    start = time.time()
+    bar = tqdm(range(cfg.steps), desc="train tiny DLM", disable=not progress)
+    for step in bar:
+        batch = []
+        while len(batch) < cfg.batch_size:
+            prompt, answer = task.sample(rng)
+            if prompt not in heldout_prompts:
+                batch.append((prompt, answer))
+        prompts, answers = encode_problems(batch, tokenizer, cfg.gen_length)
+        t = torch.rand(cfg.batch_size, 1, generator=gen)
+        p_mask = (1 - cfg.mask_eps) * t + cfg.mask_eps
+        masked = torch.rand(answers.shape, generator=gen) < p_mask
+        noisy = torch.where(masked, torch.full_like(answers, mask_id), answers)
+        logits = bidirectional_logits(model, torch.cat([prompts, noisy], dim=1))[:, prompts.shape[1]:]
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), answers.reshape(-1), reduction="none")
+        loss = (ce.view_as(answers) * masked / p_mask).sum() / answers.numel()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)})
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if cfg.save_every and step and step % cfg.save_every == 0:
+            _save(model, Path(output_dir) / "partial", {"step": step, "log": log})
+            model.train()
+
+    summary = {"train_config": asdict(cfg), "train_seconds": round(time.time() - start, 1), "log": log}
+    return _save(model, Path(output_dir), summary)
+
+
+def _save(model: torch.nn.Module, out: Path, summary: dict) -> Path:
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "generation_config.json").unlink(missing_ok=True)
+    (out / "train_log.json").write_text(json.dumps(summary, indent=1))
+    return out
+
+
+def load_tiny_dlm(path: str | Path | None = None, train_if_missing: bool = True, progress: bool = True):
+    """``(model, tokenizer, task)`` for the trained tiny DLM.
+
+    Looks in ``path``, else the packaged ``decoding/assets/tiny-copy-dlm``, else the cache
+    (``$CMIKIT_CACHE``); trains into the cache when none exists and ``train_if_missing``.
+    """
+    from transformers import LlamaForCausalLM
+
+    candidates = [Path(path)] if path else [ASSET_DIR, cache_dir()]
+    found = next((c for c in candidates if (c / "model.safetensors").exists()), None)
+    if found is None:
+        if not train_if_missing:
+            raise FileNotFoundError(f"No tiny DLM checkpoint in {[str(c) for c in candidates]}; run "
+                                    "`python scripts/train_tiny_dlm.py` first.")
+        found = train_tiny_dlm(TinyDLMTrainConfig(), candidates[-1], progress=progress)
+    model = LlamaForCausalLM.from_pretrained(found).eval()
+    task = CopyOneTask(**model.config.tiny_dlm_task)
+    return model, _tokenizer(), task

@@ -1,0 +1,85 @@
+"""The benchmark's bookkeeping, the tiny task and the CLI entry points (no training, no network)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from decoding.bench import BASELINE, budget_grid, ccd_target, evaluate_setting, plot, spare_special_token_id
+from decoding.cli import build_parser, main
+from decoding.config import DiffusionGenerationConfig
+from decoding.tiny_task import CopyOneTask
+from harness.testing import tiny_tokenizer
+
+
+def test_copy_task_is_exact_and_heldout_is_disjoint():
+    task = CopyOneTask(length=8, n_diff=3, gen_length=10)
+    prompt, answer = task.sample(random.Random(0))
+    x, y = prompt.rstrip("=").split(",")
+    assert answer in (x, y) and sum(a != b for a, b in zip(x, y)) == 3 and x.islower() and y.lower() == x
+    assert task.is_correct(prompt, x + "<eos><eos>") and task.is_correct(prompt, y + "<eos><eos>")
+    chimera = "".join(a if i % 2 else b for i, (a, b) in enumerate(zip(x, y)))
+    assert chimera in (x, y) or not task.is_correct(prompt, chimera + "<eos><eos>")
+    assert not task.is_correct(prompt, x[:-1] + "<eos><eos><eos>")
+    held = task.problems(20, seed=1)
+    train = task.problems(20, seed=2, exclude={p for p, _ in held})
+    assert not {p for p, _ in held} & {p for p, _ in train}
+
+
+def test_grid_and_target_summary(tmp_path):
+    grid = budget_grid(24, quick=False)
+    assert (BASELINE[0], BASELINE[1]) in {(s, label) for s, label, _ in grid}
+    for strategy, _, fields in grid:
+        DiffusionGenerationConfig(gen_length=24, strategy=strategy, **fields)  # every setting validates
+    results = [
+        {"strategy": "low_confidence", "setting": "steps=N", "accuracy": 0.9, "mean_nfe": 24.0},
+        {"strategy": "ccd", "setting": "DS expand_ratio=4", "accuracy": 0.92, "mean_nfe": 7.5},
+        {"strategy": "ccd_marginal", "setting": "DS eps=0.1", "accuracy": 0.8, "mean_nfe": 5.0},
+    ]
+    target = ccd_target(results, 24)
+    assert target["ccd"]["meets_3x"] and target["ccd"]["best_at_equal_or_better_accuracy"]["nfe_reduction"] == 3.2
+    assert not target["ccd_marginal"]["meets_3x"]
+    plot(results, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_evaluate_setting_on_an_untrained_model():
+    from decoding.tiny_dlm import TinyDLMTrainConfig, build_model
+
+    cfg = TinyDLMTrainConfig(length=6, n_diff=2, gen_length=8, hidden_size=16, num_layers=1, num_heads=2,
+                             intermediate_size=32)
+    tok = tiny_tokenizer()
+    model = build_model(cfg, tok).eval()
+    task = cfg.task()
+    row = evaluate_setting(model, tok, task, task.problems(6, seed=0), DiffusionGenerationConfig(gen_length=8), 4)
+    assert row["n"] == 6 and row["mean_nfe"] == 8 and 0 <= row["accuracy"] <= 1
+
+
+def test_spare_special_token_comes_from_the_tokenizer():
+    tok = tiny_tokenizer()
+    assert spare_special_token_id(tok) == tok.mask_token_id
+
+
+def test_cli_help_and_parser():
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    args = build_parser().parse_args(["generate", "--prompt", "1+1=", "--strategy", "ccd", "--seek-mode", "false",
+                                      "--ccd-entropy-threshold", "none"])
+    assert args.strategy == "ccd" and args.seek_mode is False and args.ccd_entropy_threshold is None
+    assert build_parser().parse_args(["bench", "--quick"]).quick
+
+
+def test_cli_generate_with_a_checkpoint_folder(tmp_path, capsys):
+    from decoding.tiny_dlm import TinyDLMTrainConfig, build_model
+
+    cfg = TinyDLMTrainConfig(length=3, n_diff=1, gen_length=4, hidden_size=16, num_layers=1, num_heads=2,
+                             intermediate_size=32)
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    build_model(cfg, tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    main(["generate", "--model", str(tmp_path), "--prompt", "abc,abd=", "--gen-length", "4", "--strategy", "threshold"])
+    assert '"nfe"' in capsys.readouterr().out
