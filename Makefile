@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m harness.demo --out $(DEMO_OUT)
+	$(VENV)/bin/cip eval --quick --out_dir $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

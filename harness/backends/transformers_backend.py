@@ -137,13 +137,20 @@ class TransformersBackend(LMBackend):
         """
         results: list[torch.Tensor] = [torch.empty(0)] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+
+        def usable_prefix(idx: list[int]) -> int:
+            # The prefix must leave at least one token per row for the suffix pass, and may reach at most
+            # one token into the scored span (the prefix pass supplies the logits at its own last token).
+            return min(_common_prefix_len([rows[i] for i in idx]), min(len(rows[i]) for i in idx) - 1,
+                       min(positions[i][0] for i in idx) + 1)
+
+        # A prefix shared by the whole call is run once and reused by every batch; only when the call
+        # shares none does each batch look for its own.
+        call_plen = usable_prefix(list(range(len(rows))))
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             batch_rows = [rows[i] for i in idx]
-            # The prefix must leave at least one token per row for the suffix pass, and may reach at most
-            # one token into the scored span (the prefix pass supplies the logits at its own last token).
-            plen = min(_common_prefix_len(batch_rows), min(len(r) for r in batch_rows) - 1,
-                       min(positions[i][0] for i in idx) + 1)
+            plen = call_plen if call_plen >= self.min_prefix_tokens else usable_prefix(idx)
             use_prefix = self.prefix_reuse and plen >= self.min_prefix_tokens
             if not use_prefix:
                 plen = 0

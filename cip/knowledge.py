@@ -1,0 +1,141 @@
+"""Knowledge bases for 20 Questions and the shared history types (paper §4.1, Q_closed and the answer oracle).
+
+A knowledge base is a JSON file in the format of the AwA2 file the C-IP paper plays
+(``{"questions": [...], "classes": [...], "answers": {class: [0/1 per question]}}``, 1 = yes). The project
+ships its own base, ``cip/data/everyday_things.json`` (24 everyday things x 40 questions, our own writing),
+used as the default; ``awa2`` names the shared AwA2 file when it is present.
+
+A history is a tuple of :class:`Turn` (question, answer); the predictor conditions on it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_KB = DATA_DIR / "everyday_things.json"
+SHARED_AWA2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "awa2" / "twenty_questions_awa2_20.json"
+KB_ALIASES = {"everyday": DEFAULT_KB, "default": DEFAULT_KB, "awa2": SHARED_AWA2}
+
+YES, NO, UNKNOWN = "Yes.", "No.", "I don't know."
+ANSWER_WORDS = {"y": YES, "yes": YES, "n": NO, "no": NO, "u": UNKNOWN, "unknown": UNKNOWN, "?": UNKNOWN,
+                "dont know": UNKNOWN, "don't know": UNKNOWN, "idk": UNKNOWN}
+
+
+class KnowledgeBaseError(ValueError):
+    """A knowledge base file or value a user can fix; the message says what was wrong."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One (query, answer) pair of a history S_k."""
+
+    question: str
+    answer: str
+
+
+History = tuple[Turn, ...]
+
+
+def normalize_answer(text: str) -> str:
+    """Map a person's answer (y / n / unknown and spelled-out forms) to the canonical answer string.
+
+    Raises :class:`KnowledgeBaseError` naming the allowed answers for anything else.
+    """
+    key = text.strip().lower().rstrip(".!")
+    if key in ANSWER_WORDS:
+        return ANSWER_WORDS[key]
+    raise KnowledgeBaseError(
+        f"Answer {text!r} is not allowed; answer y (yes), n (no) or u (unknown)."
+    )
+
+
+def answer_polarity(answer: str) -> int | None:
+    """+1 for a yes answer, 0 for a no answer, None when the answer says neither (unknown, free text)."""
+    words = answer.strip().lower().replace(",", " ").replace(".", " ").split()
+    if not words:
+        return None
+    if words[0] in ("yes", "yeah", "yep", "y"):
+        return 1
+    if words[0] in ("no", "nope", "n"):
+        return 0
+    return None
+
+
+@dataclass
+class KnowledgeBase:
+    """Items (the label set Y), yes/no questions (Q_closed) and the item x question answer table."""
+
+    classes: list[str]
+    questions: list[str]
+    table: np.ndarray  # [n_classes, n_questions] of 0/1
+    source: str = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise KnowledgeBaseError(f"Knowledge base {self.name or '(unnamed)'} has no classes; add at least two.")
+        if not self.questions:
+            raise KnowledgeBaseError(f"Knowledge base {self.name or '(unnamed)'} has no questions; add some.")
+        if len(set(self.classes)) != len(self.classes):
+            dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise KnowledgeBaseError(f"Knowledge base {self.name}: repeated class names {dupes}.")
+        if len(set(self.questions)) != len(self.questions):
+            dupes = sorted({q for q in self.questions if self.questions.count(q) > 1})[:3]
+            raise KnowledgeBaseError(f"Knowledge base {self.name}: repeated questions {dupes}.")
+        self.table = np.asarray(self.table, dtype=np.int8)
+        expected = (len(self.classes), len(self.questions))
+        if self.table.shape != expected:
+            raise KnowledgeBaseError(f"Knowledge base {self.name}: answer table has shape {self.table.shape}, "
+                                     f"expected {expected} (classes x questions).")
+        self.question_index = {q: j for j, q in enumerate(self.questions)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], name: str = "") -> KnowledgeBase:
+        for key in ("questions", "classes", "answers"):
+            if key not in data:
+                raise KnowledgeBaseError(
+                    f"Knowledge base {name} lacks the key {key!r}; expected "
+                    '{"questions": [...], "classes": [...], "answers": {class: [0/1 per question]}}.'
+                )
+        classes, questions, answers = list(data["classes"]), list(data["questions"]), data["answers"]
+        if not classes:
+            raise KnowledgeBaseError(f"Knowledge base {name} is empty (no classes); add items and their answers.")
+        rows = []
+        for c in classes:
+            if c not in answers:
+                raise KnowledgeBaseError(f"Knowledge base {name}: class {c!r} has no row in 'answers'.")
+            row = answers[c]
+            if len(row) != len(questions) or any(v not in (0, 1) for v in row):
+                raise KnowledgeBaseError(f"Knowledge base {name}: the answers of {c!r} must be {len(questions)} "
+                                         f"values of 0 or 1 (one per question), got {len(row)}.")
+            rows.append(row)
+        return cls(classes, questions, np.asarray(rows), source=str(data.get("source", "")), name=name)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> KnowledgeBase:
+        """Load a knowledge base from a JSON path or an alias (``everyday`` = the default, ``awa2``)."""
+        if path is None:
+            path = DEFAULT_KB
+        path = KB_ALIASES.get(str(path), Path(path))
+        path = Path(path)
+        if not path.is_file():
+            raise KnowledgeBaseError(f"Knowledge base file not found: {path}. Pass a JSON file in the AwA2 format "
+                                     f"or one of the aliases {sorted(KB_ALIASES)}.")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise KnowledgeBaseError(f"Knowledge base {path} is not valid JSON: {err}") from err
+        return cls.from_dict(data, name=path.stem)
+
+    def answer(self, label: int, question: str) -> str:
+        """The table's answer ("Yes." / "No.") of item ``label`` to a bank question."""
+        j = self.question_index.get(question)
+        if j is None:
+            raise KnowledgeBaseError(f"Question {question!r} is not in knowledge base {self.name}.")
+        return YES if self.table[label, j] else NO

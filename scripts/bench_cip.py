@@ -1,0 +1,174 @@
+"""Benchmarks for cip/ (issue 4 targets), each quoting its numbers from one run.
+
+``--part speed``: one 20 Questions selection step on the embedded model: 85 AwA2 candidate queries x 4
+simulated answers (340 posteriors) after a 3-turn history.
+  * fast: the agent's step (``Agent.score_candidates``): identical (question, answer) histories computed once,
+    all histories in ONE ``next_token_logprobs`` call, prefix KV cache reuse, batch 64;
+  * naive: one forward per posterior (``prefix_reuse=False, batch_size=1``), all 340 rows
+    (``--naive_rows n`` times n rows and scales to 340, saying so).
+  The ratio, and that the two give the same probabilities, are printed and written to JSON.
+
+``--part table``: with the table predictor on the AwA2 20 classes, every criterion plays every class once
+per seed (seeds 0..S-1, thresholds calibrated per seed, N=100, alpha=0.1, 20 queries); reports accuracy at
+the stop, success rate (a correct singleton set is reached) and mean queries to a correct singleton set,
+with 95% bootstrap intervals over games and the per-seed means.
+
+Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_cip.py --part all --out runs/bench_cip.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def bench_speed(naive_rows: int, batch_size: int) -> dict:
+    from cip.agent import Agent, AgentConfig
+    from cip.environments import TwentyQuestions
+    from cip.knowledge import KnowledgeBase, Turn
+    from cip.predictors import LLMPredictor, TwentyQuestionsPrompt
+    from harness.backends import TransformersBackend
+
+    kb = KnowledgeBase.load("awa2")
+    backend = TransformersBackend.from_ref("smollm2-135m-instruct", batch_size=batch_size)
+    predictor = LLMPredictor(backend, TwentyQuestionsPrompt(kb.classes, noun="animal"))
+    env = TwentyQuestions(kb, remove_asked=False)
+    from cip.conformal import ConformalThresholds
+
+    thresholds = ConformalThresholds(0.1, {k: [-0.01] * 20 for k in range(0, 6)}, list(kb.classes))
+    agent = Agent(env, predictor, thresholds, AgentConfig(criterion="cip-code", n_est=4))
+    history = tuple(Turn(q, kb.answer(1, q)) for q in kb.questions[10:13])
+    post = agent.posterior(history, None)
+    candidates = list(kb.questions)
+    # The rows the naive loop scores: every (candidate, estimation sample), duplicates included.
+    items, _ = env.estimation_items(np.random.default_rng(0), 4, "prior", post)
+    rows = [history + (Turn(q, a),) for q in candidates for a in env.answers(items, q)]
+
+    t0 = time.perf_counter()
+    agent.score_candidates(candidates, history, post, 3, np.random.default_rng(0))
+    fast_s = time.perf_counter() - t0
+    n_unique = predictor.n_posteriors - 1
+    print(f"  fast step: {fast_s:.2f} s for {n_unique} unique posteriors", flush=True)
+
+    t0 = time.perf_counter()
+    fast_all = predictor.predict(rows)  # no de-duplication: prefix reuse + batching alone
+    batched_nodedupe_s = time.perf_counter() - t0
+    print(f"  batched, no de-dup: {batched_nodedupe_s:.2f} s for {len(rows)} posteriors", flush=True)
+
+    backend.prefix_reuse, backend.batch_size = False, 1
+    subset = list(range(len(rows)))
+    if naive_rows < len(rows):
+        subset = sorted(np.random.default_rng(1).choice(len(rows), naive_rows, replace=False).tolist())
+    t0 = time.perf_counter()
+    naive = np.stack([predictor.predict([rows[i]])[0] for i in subset])
+    naive_measured_s = time.perf_counter() - t0
+    naive_s = naive_measured_s * len(rows) / len(subset)
+    max_diff = float(np.abs(naive - fast_all[subset]).max())
+    return {
+        "setting": "AwA2 20 classes, 85 candidate queries x 4 simulated answers, 3-turn history, SmolLM2-135M",
+        "n_posteriors": len(rows), "n_unique_posteriors": n_unique, "batch_size": batch_size,
+        "fast_step_s": fast_s, "batched_no_dedupe_s": batched_nodedupe_s,
+        "naive_rows_timed": len(subset), "naive_measured_s": naive_measured_s, "naive_s_for_all_rows": naive_s,
+        "speedup_step_vs_naive": naive_s / fast_s, "speedup_batched_only_vs_naive": naive_s / batched_nodedupe_s,
+        "max_abs_prob_diff_naive_vs_batched": max_diff,
+    }
+
+
+def bench_table(seeds: int, n_cal: int, alpha: float, max_queries: int, criteria: list[str],
+                est_source: str, noise: float, tie_break: str = "first", nonempty_sets: bool = False) -> dict:
+    from cip.agent import Agent, AgentConfig
+    from cip.conformal import UniformHistorySampler, calibrate
+    from cip.environments import TwentyQuestions
+    from cip.knowledge import KnowledgeBase
+    from harness.evaluation import bootstrap_ci
+
+    kb = KnowledgeBase.load("awa2")
+    from cip.predictors import TablePredictor
+
+    predictor = TablePredictor(kb, noise=noise)
+    env = TwentyQuestions(kb)
+    out: dict = {"setting": {"seeds": seeds, "n_cal": n_cal, "alpha": alpha, "max_queries": max_queries,
+                             "est_source": est_source, "table_noise": noise, "n_est": 4, "tie_break": tie_break,
+                             "nonempty_sets": nonempty_sets}}
+    for criterion in criteria:
+        games = []
+        for seed in range(seeds):
+            th = calibrate(predictor, UniformHistorySampler.from_knowledge_base(kb), alpha, n_cal, max_queries + 1,
+                           seed=seed, min_length=0, progress=False)
+            agent = Agent(env, predictor, th, AgentConfig(criterion=criterion, alpha=alpha, max_queries=max_queries,
+                                                          est_source=est_source, record_candidates=False,
+                                                          tie_break=tie_break, nonempty_sets=nonempty_sets))
+            for item in env.test_items():
+                trace = agent.play(item, seed=1000 * seed + item)
+                hit = [s["k"] for s in trace["steps"] if s.get("set") == [trace["true_label"]]]
+                games.append({"seed": seed, "correct": float(trace["correct"]),
+                              "success": float(bool(hit)), "k_singleton": hit[0] if hit else None})
+        succ = [g["k_singleton"] for g in games if g["k_singleton"] is not None]
+        res = {"n_games": len(games)}
+        for key, vals in (("accuracy_at_stop", [g["correct"] for g in games]),
+                          ("success_rate", [g["success"] for g in games]),
+                          ("queries_to_correct_singleton", succ)):
+            lo, hi = bootstrap_ci(vals) if vals else (float("nan"), float("nan"))
+            res[key] = {"mean": float(np.mean(vals)) if vals else float("nan"), "ci95": [lo, hi]}
+            res[key]["per_seed"] = [
+                float(np.mean(v)) if (v := [x for g, x in zip(games if key != "queries_to_correct_singleton"
+                                                              else [g for g in games if g["k_singleton"] is not None],
+                                                              vals) if g["seed"] == s]) else None
+                for s in range(seeds)]
+        out[criterion] = res
+        print(f"{criterion:10s} acc {res['accuracy_at_stop']['mean']:.3f}  success {res['success_rate']['mean']:.3f}"
+              f"  queries to correct singleton {res['queries_to_correct_singleton']['mean']:.2f} "
+              f"CI {np.round(res['queries_to_correct_singleton']['ci95'], 2).tolist()}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["speed", "table", "all"], default="all")
+    parser.add_argument("--naive_rows", type=int, default=340, help="rows the naive loop times (scaled to 340)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--n_cal", type=int, default=100)
+    parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--max_queries", type=int, default=20)
+    parser.add_argument("--est_source", default="prior")
+    parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument("--tie_break", default="first", choices=["first", "random"])
+    parser.add_argument("--nonempty_sets", action="store_true")
+    parser.add_argument("--criteria", nargs="+", default=["cip-code", "cip-paper", "ip", "random"])
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0 = torch's default); 1 keeps timings sane on an oversubscribed machine")
+    parser.add_argument("--out", default="runs/bench_cip.json")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result: dict = {}
+    if args.part in ("table", "all"):
+        result["table"] = bench_table(args.seeds, args.n_cal, args.alpha, args.max_queries, args.criteria,
+                                      args.est_source, args.noise, args.tie_break, args.nonempty_sets)
+    if args.part in ("speed", "all"):
+        result["speed"] = bench_speed(args.naive_rows, args.batch_size)
+        import os
+
+        import torch
+
+        result["speed"].update(torch_threads=torch.get_num_threads(), load_average_1min=os.getloadavg()[0])
+        s = result["speed"]
+        print(f"speed: fast step {s['fast_step_s']:.2f} s ({s['n_unique_posteriors']} unique posteriors), "
+              f"batched without de-dup {s['batched_no_dedupe_s']:.2f} s, naive {s['naive_s_for_all_rows']:.1f} s "
+              f"({s['naive_rows_timed']} rows timed) -> {s['speedup_step_vs_naive']:.1f}x "
+              f"(batching + prefix reuse alone: {s['speedup_batched_only_vs_naive']:.1f}x); "
+              f"max |p_naive - p_batched| = {s['max_abs_prob_diff_naive_vs_batched']:.2e}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

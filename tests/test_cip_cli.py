@@ -1,0 +1,136 @@
+"""The ``cip`` command line: the interactive game with scripted answers, Ctrl-C, help, calibrate, eval + resume."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from cip.cli import main, play
+from cip.knowledge import KnowledgeBase
+
+TABLE = ["--predictor", "table", "--n_cal", "30", "--progress", "false"]
+
+
+class Person(io.StringIO):
+    """A scripted player thinking of ``item``: answers each question from the knowledge base, after giving
+    some bad inputs first; raises KeyboardInterrupt after ``interrupt_after`` answers."""
+
+    def __init__(self, kb: KnowledgeBase, item: str, out: io.StringIO, bad: list[str] = (),
+                 interrupt_after: int | None = None, quit_after: int | None = None) -> None:
+        super().__init__()
+        self.kb, self.label, self.out = kb, kb.classes.index(item), out
+        self.bad, self.n_answers = list(bad), 0
+        self.interrupt_after, self.quit_after = interrupt_after, quit_after
+
+    def readline(self, *args) -> str:
+        if self.bad:
+            return self.bad.pop(0) + "\n"
+        if self.interrupt_after is not None and self.n_answers >= self.interrupt_after:
+            raise KeyboardInterrupt
+        if self.quit_after is not None and self.n_answers >= self.quit_after:
+            return "q\n"
+        question = self.out.getvalue().rsplit("\n", 1)[-1].split(": ", 1)[1].rsplit(" [", 1)[0]
+        self.n_answers += 1
+        return ("y" if self.kb.answer(self.label, question) == "Yes." else "n") + "\n"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMIKIT_CACHE", str(tmp_path / "cache"))  # play caches its thresholds there
+
+
+def test_play_with_scripted_answers_guesses_the_item_and_reprompts_on_bad_input(tmp_path):
+    kb = KnowledgeBase.load()
+    out = io.StringIO()
+    person = Person(kb, "umbrella", out, bad=["maybe", "perhaps"])
+    transcript = tmp_path / "t.json"
+    rc = play([*TABLE, "--transcript", str(transcript)], stdin=person, stdout=out)
+    text = out.getvalue()
+    assert rc == 0
+    assert text.count("is not allowed; answer y (yes), n (no) or u (unknown)") == 2
+    assert "prediction set" in text and "top probabilities" in text
+    assert "My guess: umbrella" in text
+    saved = json.loads(transcript.read_text())
+    assert saved["prediction"] == "umbrella" and saved["stop_reason"] == "singleton"
+    assert len(saved["turns"]) == person.n_answers
+    assert "Calibrating conformal thresholds" in text
+    # the next game reuses the calibration cached in $CMIKIT_CACHE
+    out2 = io.StringIO()
+    assert play([*TABLE, "--transcript", str(transcript)], stdin=Person(kb, "horse", out2), stdout=out2) == 0
+    assert "Loading cached conformal thresholds" in out2.getvalue() and "My guess: horse" in out2.getvalue()
+
+
+def test_ctrl_c_saves_the_transcript(tmp_path):
+    kb = KnowledgeBase.load()
+    out = io.StringIO()
+    transcript = tmp_path / "interrupted.json"
+    rc = play([*TABLE, "--transcript", str(transcript)], stdin=Person(kb, "dog", out, interrupt_after=2), stdout=out)
+    assert rc == 130 and "transcript saved" in out.getvalue()
+    saved = json.loads(transcript.read_text())
+    assert saved["stop_reason"] == "interrupted" and len(saved["turns"]) == 2
+
+
+def test_quit_stops_the_game(tmp_path):
+    kb = KnowledgeBase.load()
+    out = io.StringIO()
+    rc = play([*TABLE, "--transcript", str(tmp_path / "q.json")], stdin=Person(kb, "dog", out, quit_after=1), stdout=out)
+    assert rc == 0 and "Stopped." in out.getvalue()
+    assert json.loads((tmp_path / "q.json").read_text())["stop_reason"] == "quit"
+
+
+def test_help_and_bad_commands(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(c in text for c in ("play", "calibrate", "eval", "--quick", "finite-sample", "embedded"))
+    assert main(["dance"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["play", "--help"])
+    assert exc.value.code == 0
+    assert "--predictor" in capsys.readouterr().out
+    assert main(["eval", "--alpha", "1.5"]) == 2
+    assert "strictly between 0 and 1" in capsys.readouterr().err
+    assert main(["eval", "--methods", "direct", "ip"]) == 2
+    assert "add --answerer llm" in capsys.readouterr().err
+
+
+def test_calibrate_then_eval_resumes_and_refuses_foreign_thresholds(tmp_path, capsys):
+    th = tmp_path / "th.json"
+    args = [*TABLE, "--kb", "everyday", "--max_queries", "6"]
+    assert main(["calibrate", *args, "--output", str(th)]) == 0
+    assert json.loads(th.read_text())["n_cal"] == 30
+    out = tmp_path / "run"
+    eval_args = [*args, "--methods", "cip-code", "ip", "--n_games", "5", "--thresholds", str(th),
+                 "--out_dir", str(out)]
+    assert main(["eval", *eval_args]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["per_method"]) == {"cip-code", "ip"}
+    assert summary["groups"]["ip"]["correct"]["n"] == 5
+    assert summary["curves"]["acc_cum"]["ip"]["x"] == list(range(7))
+    held = summary["coverage_vs_1_minus_alpha"]["held-out histories"]
+    assert all(c >= x - 0.1 for x, c in zip(held["x"], held["y"]))  # exchangeable histories are covered
+    for png in ("accuracy_vs_k.png", "set_size_vs_k.png", "coverage_vs_1_minus_alpha.png"):
+        assert (out / png).stat().st_size > 1000
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+    # resume: a second run finds every game done and plays none
+    (out / "records.jsonl").write_text("\n".join(lines[:7]) + "\n")
+    assert main(["eval", *eval_args]) == 0
+    assert len((out / "records.jsonl").read_text().splitlines()) == 10
+    # thresholds calibrated for another knowledge base are refused
+    assert main(["eval", *TABLE, "--kb", "awa2", "--thresholds", str(th), "--out_dir", str(tmp_path / "x")]) == 2
+    assert "another label set" in capsys.readouterr().err
+
+
+def test_quick_preset_is_small_and_explicit_options_win():
+    from cip.cli import _explicit_keys
+    from cip.evaluate import CIPConfig, apply_quick
+    from harness.config import parse_config
+
+    argv = ["--quick", "--n_games", "2"]
+    cfg = apply_quick(parse_config(CIPConfig, argv), _explicit_keys(argv))
+    assert cfg.n_games == 2 and cfg.n_cal == 10 and cfg.max_queries == 3 and cfg.max_candidates == 16
+    assert cfg.methods == ["cip-code", "ip", "random"] and cfg.kb == "everyday"
+    plain = apply_quick(parse_config(CIPConfig, []), set())
+    assert plain.n_cal == 100 and plain.max_candidates is None
