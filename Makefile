@@ -13,7 +13,7 @@ STAMP := $(VENV)/.cmikit-installed
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast lint bench gpu-check clean
+.PHONY: setup demo demo-sami demo-decoding test test-fast lint bench bench-cip bench-sami bench-decoding gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/cip eval --quick --out_dir $(DEMO_OUT)
 
+# The other two methods' main jobs on the embedded / tiny models.
+demo-sami: $(STAMP)
+	$(VENV)/bin/sami iterate --config configs/sami/smollm2-demo.yaml
+
+demo-decoding: $(STAMP)
+	$(VENV)/bin/dlm-decode bench --quick --out runs/decoding-quick
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -39,6 +46,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_backend.py
+
+bench-cip: $(STAMP)
+	$(PY) scripts/bench_cip.py --part speed --naive_rows 40 --out runs/bench_cip_speed.json
+
+bench-sami: $(STAMP)
+	$(PY) scripts/bench_sami.py --lora --queries 8 --batch_size 4 --steps 2 --warmup 1 --max_post_chars 1200
+
+bench-decoding: $(STAMP)
+	$(VENV)/bin/dlm-decode bench --out runs/decoding-bench
 
 gpu-check:
 	bash scripts/gpu_check.sh

@@ -1,0 +1,149 @@
+"""Sampling one response per (query, constitution) from the current iterate (paper Alg. 1 step 1, App. A.3).
+
+:func:`build_items` pairs every query with its C constitutions (all-positive first); :func:`sample_responses`
+prompts the model through a harness backend (transformers, or vLLM when installed) with the paper's
+defaults (greedy, at most 350 new tokens), applies the filters of :class:`ResponseFilter`, and saves the
+kept rows as a ``datasets`` dataset (``save_to_disk``). Generation runs through the evaluation harness, so
+every finished query is appended to ``records.jsonl`` at once and a killed run resumes where it stopped.
+
+:func:`training_rows` turns sampled items into :class:`~sami.trainer.SAMITrainer` rows, listing the
+principles in a shuffled order per (query, constitution) as the reference training prompt does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sami.constitutions import Constitution, Principle, check_constitution_sets, constitution_set
+from sami.prompts import STOP_STRINGS, build_prompt
+
+DATASET_DIR = "dataset"
+
+
+@dataclass
+class ResponseFilter:
+    """Which sampled (query, C responses) items to keep. Reference TL;DR settings: ``filter_strings=["[insert",
+    "]", "Response"]``, ``require_period=True``; HH adds ``"sorry"`` and ``"The assistant"``."""
+
+    filter_strings: list[str] = field(default_factory=list)
+    drop_identical: bool = True
+    min_chars: int = 1
+    require_period: bool = False
+
+    def reason(self, responses: Sequence[str]) -> str | None:
+        """Why an item is dropped (None = kept)."""
+        for r in responses:
+            if len(r.strip()) < self.min_chars:
+                return "too_short"
+            hit = next((s for s in self.filter_strings if s in r), None)
+            if hit is not None:
+                return f"contains {hit!r}"
+        if self.drop_identical and len({r.strip() for r in responses}) < len(responses):
+            return "identical"
+        if self.require_period and not responses[0].rstrip().endswith("."):
+            return "positive_not_ending_in_period"
+        return None
+
+
+def build_items(queries: Sequence[dict[str, str]], principles: Sequence[Principle] | None = None,
+                reference_sets: Sequence[Sequence[Constitution]] | None = None, n_constitutions: int = 2,
+                negatives: str = "random", seed: int = 0) -> list[dict[str, Any]]:
+    """One item per query: ``{"id", "query", "statements": [C lists], "labels": [C]}``.
+
+    With ``principles``, constitutions come from :func:`~sami.constitutions.constitution_set`; with
+    ``reference_sets`` (e.g. the reference TL;DR files), one set is drawn per query (as ``generate.py``).
+    """
+    from sami.queries import QueryError
+
+    if not queries:
+        raise QueryError("The query set is empty; nothing to sample.")
+    if (principles is None) == (reference_sets is None):
+        raise ValueError("Give exactly one of principles and reference_sets.")
+    if reference_sets is not None:
+        check_constitution_sets(reference_sets)
+    rng = random.Random(seed)
+    items = []
+    for q in queries:
+        if principles is not None:
+            consts = constitution_set(principles, n_constitutions, negatives, rng)
+        else:
+            consts = list(reference_sets[rng.randrange(len(reference_sets))])
+        items.append({"id": str(q["id"]), "query": q["query"],
+                      "statements": [list(c.statements) for c in consts],
+                      "labels": [c.label for c in consts]})
+    return items
+
+
+def _constitution(statements: Sequence[str]) -> Constitution:
+    return Constitution(tuple(statements))
+
+
+def item_prompts(item: dict[str, Any], task: str, fmt: str, shuffle: bool = False, salt: Any = "") -> list[Any]:
+    """The C prompts of an item; ``shuffle`` permutes principle order per (item, constitution, salt)."""
+    return [build_prompt(task, _constitution(st).render(shuffle=shuffle, seed=f"{item['id']}|{i}|{salt}"),
+                         item["query"], fmt) for i, st in enumerate(item["statements"])]
+
+
+def finished_flags(tokenizer: Any, responses: Sequence[str], max_new_tokens: int) -> list[bool]:
+    """Whether each response ended on its own (EOS or stop string) rather than at the length limit."""
+    if tokenizer is None:
+        return [True] * len(responses)
+    return [len(tokenizer(r, add_special_tokens=False)["input_ids"]) < max_new_tokens - 1 for r in responses]
+
+
+def sample_responses(backend: Any, items: Sequence[dict[str, Any]], out_dir: str | Path, task: str = "dialogue",
+                     fmt: str = "plain", sampling: Any = None, response_filter: ResponseFilter | None = None,
+                     batch_size: int = 8, progress: bool = True) -> Any:
+    """Generate C responses per item into ``out_dir`` and return the kept rows as a ``datasets.Dataset``.
+
+    Every item gets a record (``kept`` true/false with ``drop_reason``); the dataset holds the kept ones with
+    columns ``id, query, statements, labels, responses, complete`` (false: cut at the length limit) and is saved to ``out_dir/dataset``.
+    """
+    import datasets
+
+    from harness.backends import SamplingParams
+    from harness.evaluation import Task, read_jsonl, run_task
+
+    sampling = sampling or SamplingParams(max_new_tokens=350, temperature=0.0)
+    if fmt == "plain" and not sampling.stop:
+        sampling.stop = list(STOP_STRINGS[task])
+    response_filter = response_filter or ResponseFilter()
+
+    def run_batch(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        prompts = [p for it in batch for p in item_prompts(it, task, fmt)]
+        texts = backend.generate(prompts, sampling)
+        records, k = [], 0
+        for it in batch:
+            n = len(it["statements"])
+            responses = [t.rstrip() for t in texts[k : k + n]]
+            k += n
+            reason = response_filter.reason(responses)
+            complete = finished_flags(getattr(backend, "tokenizer", None), responses, sampling.max_new_tokens)
+            records.append({**it, "responses": responses, "complete": complete, "kept": reason is None,
+                            "drop_reason": reason,
+                            "metrics": {"kept": float(reason is None),
+                                        "response_chars": sum(len(r) for r in responses) / n}})
+        return records
+
+    out_dir = Path(out_dir)
+    run_task(Task("sami-sample", list(items), run_batch), out_dir, batch_size=batch_size, progress=progress)
+    records = {r["id"]: r for f in sorted(out_dir.glob("records*.jsonl")) for r in read_jsonl(f)}
+    kept = [records[str(it["id"])] for it in items if records.get(str(it["id"]), {}).get("kept")]
+    columns = ("id", "query", "statements", "labels", "responses", "complete")
+    ds = datasets.Dataset.from_list([{c: r[c] for c in columns} for r in kept]) if kept else \
+        datasets.Dataset.from_dict({c: [] for c in columns})
+    ds.save_to_disk(str(out_dir / DATASET_DIR))
+    return ds
+
+
+def training_rows(items: Any, task: str, fmt: str, shuffle: bool = True, salt: Any = "train") -> Any:
+    """Sampled items (a dataset or list) → a ``datasets.Dataset`` of ``{"prompts", "responses", "complete"}`` rows."""
+    import datasets
+
+    rows = [{"prompts": item_prompts(it, task, fmt, shuffle=shuffle, salt=salt), "responses": it["responses"],
+             "complete": it.get("complete") or [True] * len(it["responses"])} for it in items]
+    return datasets.Dataset.from_list(rows)

@@ -1,0 +1,425 @@
+"""``SAMIConfig`` and ``SAMITrainer``: the SAMI objective as a ``transformers.Trainer`` (paper Sec. 3, Alg. 1).
+
+Read it like TRL's ``DPOTrainer``: a dataset row is ``{"prompts": [p_1..p_C], "responses": [y_1..y_C]}``
+where ``p_i`` is the prompt under constitution i (text, or chat messages) and ``y_j`` was sampled under
+constitution j. :class:`SAMIDataCollator` expands each row to the C² (prompt_i, response_j) pairs,
+:meth:`SAMITrainer.compute_loss` turns the model's log-probs into a [B, C, C] matrix and applies
+:func:`sami.loss.sami_loss`. Accelerate, FSDP, DeepSpeed, bf16, gradient checkpointing and accumulation
+come from the Trainer; LoRA from ``peft_config``.
+
+Two sequence layouts give the same matrix (a test checks it):
+
+* ``padded`` (the straightforward one, as the reference code): C² right-padded sequences prompt_i+y_j;
+  logits for every position.
+* ``shared_prompt`` (default, faster): one row per (query, constitution) holding prompt_i once followed by
+  all C responses; a 4D attention mask lets each response see the prompt and itself only, position ids
+  restart after the prompt, and prompts are left-aligned to a common end so logits (the ``lm_head`` over
+  the whole vocabulary) are computed only from the last prompt token on. That is C·|p| + C²·|y| tokens
+  instead of C²·(|p| + |y|), and no vocabulary projection over prompts. Needs an attention implementation
+  that accepts custom 4D masks (``sdpa`` or ``eager``; not ``flash_attention_2``).
+
+Reference-code differences, as options: ``mask_eos`` (reference masks EOS; here EOS is trained by default),
+``logprob_reduction`` (``mean`` = released code, ``sum`` = paper Eq. 2). Paper-era quirks of the research
+code, off by default, for ablations: ``lr_zero_first_step`` (linear schedule with one warm-up step, so the
+first optimiser step has lr 0, plus gradient clipping at 1.0) and ``last_microbatch_gradient_only``
+(gradients zeroed before every micro-batch, so only the last one's survives accumulation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from harness.backends import render_prompt
+from sami.loss import REDUCTIONS, SAMIInputError, reduce_token_logprobs, sami_loss, selective_log_softmax
+
+LAYOUTS = ("shared_prompt", "padded")
+
+
+@dataclass
+class SAMIConfig(TrainingArguments):
+    r"""Configuration for :class:`SAMITrainer`; only SAMI-specific fields are listed, the rest are
+    ``transformers.TrainingArguments``. Defaults follow the released SAMI code unless stated.
+
+    Parameters:
+        > Objective
+
+        logprob_reduction (`str`, defaults to `"mean"`):
+            How a response's token log-probs become one entry of the C×C matrix: `"mean"` (released code) or
+            `"sum"` (the sequence log-prob of the paper's Eq. 2).
+        mask_eos (`bool`, defaults to `False`):
+            Do not train the end-of-sequence token. The reference masks it (and stops generation by string
+            matching); by default the EOS token is appended to every response and trained, so the model learns
+            to stop.
+
+        > Data
+
+        max_completion_length (`int` or `None`, defaults to `None`):
+            Truncate each response to this many tokens (the EOS is then not appended).
+        layout (`str`, defaults to `"shared_prompt"`):
+            `"shared_prompt"` (prompt once per constitution, 4D mask, logits on responses only) or `"padded"`
+            (C² independent padded sequences, the straightforward layout). Both give the same loss.
+        pad_to_multiple_of (`int` or `None`, defaults to `None`):
+            Pad sequence length to a multiple of this (for compiled or TPU kernels).
+
+        > Model
+
+        model_dtype (`str`, defaults to `"fp32"`):
+            Weight dtype when `model` is given as a reference string: `fp32` masters with `--bf16 true` autocast
+            (recommended; pure bf16 weights lose updates of size ~lr to rounding) or `bf16` / `auto`.
+        disable_dropout (`bool`, defaults to `True`):
+            Set every dropout probability to 0.
+
+        > Paper-era quirks (research code ``typo``; off by default)
+
+        lr_zero_first_step (`bool`, defaults to `False`):
+            Linear schedule with one warm-up step (the first optimiser step has lr 0) and gradient clipping at
+            1.0, as the research code's ``get_scheduler("linear", num_warmup_steps=1)``.
+        last_microbatch_gradient_only (`bool`, defaults to `False`):
+            Zero the gradients before every micro-batch, so only the last micro-batch's gradient (scaled by
+            1/accumulation) reaches the optimiser: the research code's effective batch of one query per rank.
+
+    Changed ``TrainingArguments`` defaults: ``learning_rate=5e-7`` (paper), ``lr_scheduler_type="constant"``
+    and ``max_grad_norm=0`` (released code: no schedule, no clipping), ``logging_steps=1``,
+    ``remove_unused_columns=False``, ``save_strategy="no"``.
+    """
+
+    logprob_reduction: str = field(default="mean", metadata={"help": "mean (released code) or sum (paper Eq. 2)"})
+    mask_eos: bool = field(default=False, metadata={"help": "do not train EOS (reference behaviour)"})
+    max_completion_length: int | None = field(default=None, metadata={"help": "truncate responses (tokens)"})
+    layout: str = field(default="shared_prompt", metadata={"help": "shared_prompt or padded"})
+    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "pad length to a multiple"})
+    model_dtype: str = field(default="fp32", metadata={"help": "weights dtype when model is a reference"})
+    disable_dropout: bool = field(default=True, metadata={"help": "set dropout probabilities to 0"})
+    lr_zero_first_step: bool = field(default=False, metadata={"help": "paper-era quirk: first step at lr 0"})
+    last_microbatch_gradient_only: bool = field(
+        default=False, metadata={"help": "paper-era quirk: keep only the last micro-batch's gradient"})
+
+    learning_rate: float = field(default=5e-7, metadata={"help": "AdamW learning rate (paper: 5e-7)"})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "learning-rate schedule"})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, released code)"})
+    logging_steps: float = field(default=1, metadata={"help": "log every N steps"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep the prompts/responses columns"})
+    save_strategy: str = field(default="no", metadata={"help": "checkpointing strategy: no, steps, epoch"})
+
+    def __post_init__(self) -> None:
+        if self.logprob_reduction not in REDUCTIONS:
+            raise ValueError(f"logprob_reduction={self.logprob_reduction!r}; allowed: {', '.join(REDUCTIONS)}.")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout={self.layout!r}; allowed: {', '.join(LAYOUTS)}.")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1 or None, got {self.max_completion_length}.")
+        if self.lr_zero_first_step:
+            self.lr_scheduler_type = "linear"
+            self.warmup_steps = 1
+            self.max_grad_norm = 1.0
+        super().__post_init__()
+
+
+# ----------------------------------------------------------------------------------------------- collator
+def _pad_to(n: int, multiple: int | None) -> int:
+    return n if not multiple else int(math.ceil(n / multiple) * multiple)
+
+
+@dataclass
+class SAMIDataCollator:
+    """Tokenise SAMI rows and expand each to its C² (prompt_i, response_j) pairs.
+
+    For every pair the prompt is tokenised alone and together with the response; the prompt's tokens must
+    be a prefix of the joint tokens (otherwise a token merges across the boundary and the response's
+    log-prob would silently include part of the prompt), else :class:`SAMIInputError`. The response's
+    tokens are the joint tokens after the prompt, plus EOS unless ``mask_eos`` or the row's optional
+    ``complete[j]`` is false (a response cut by the sampling length limit).
+
+    Outputs for ``layout="padded"``: ``input_ids``, ``attention_mask``, ``completion_mask`` of shape
+    [B·C², T], rows ordered (query, constitution i, response j), right-padded. For ``"shared_prompt"``:
+    ``input_ids``, ``position_ids`` [B·C, T], ``attention_mask`` [B·C, 1, T, T] (bool, True = may attend),
+    and ``score_index`` / ``score_target`` / ``score_segment`` [B·C, K] (which logit column predicts which
+    response token of which response j; segment −1 = padding), ``logits_start`` (first column whose logits
+    are needed). Both give ``n_constitutions``.
+    """
+
+    tokenizer: Any
+    layout: str = "shared_prompt"
+    mask_eos: bool = False
+    max_completion_length: int | None = None
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise SAMIInputError(f"layout={self.layout!r}; allowed: {', '.join(LAYOUTS)}.")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if not self.mask_eos and self.tokenizer.eos_token_id is None:
+            raise SAMIInputError("The tokenizer has no EOS token to train; pass mask_eos=True.")
+
+    # -------------------------------------------------------------------------------- tokenisation
+    def _tokenize(self, text: str, plain: bool) -> list[int]:
+        # Chat templates write their own BOS; plain prompts get the tokenizer's default special tokens.
+        ids = self.tokenizer(text, add_special_tokens=plain)["input_ids"]
+        if plain and self.tokenizer.eos_token_id is not None and ids and ids[-1] == self.tokenizer.eos_token_id \
+                and len(ids) > 1:
+            ids = ids[:-1]  # tokenizers that append EOS by default: the prompt must stay open
+        return list(ids)
+
+    def encode_pair(self, prompt: Any, response: str, complete: bool = True) -> tuple[list[int], list[int], bool]:
+        """Return (prompt_ids, completion_ids, completion_trained_eos) for one pair; checks the prefix property.
+
+        ``complete=False`` marks a response cut by the sampling length limit: it gets no EOS (the model must
+        not learn to stop there)."""
+        plain = isinstance(prompt, str)
+        text = render_prompt(self.tokenizer, prompt)
+        prompt_ids = self._tokenize(text, plain)
+        full_ids = self._tokenize(text + response, plain)
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            k = next(i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b) \
+                if any(a != b for a, b in zip(prompt_ids, full_ids)) else min(len(prompt_ids), len(full_ids))
+            raise SAMIInputError(
+                f"The tokenised prompt is not a prefix of the tokenised prompt+response: a token merges across "
+                f"the boundary at prompt token {k} (prompt ends {text[-20:]!r}, response starts {response[:20]!r}). "
+                f"The response's log-prob would include part of the prompt. End prompts with whitespace or a "
+                f"delimiter the tokenizer cannot merge, or start responses with a space."
+            )
+        completion = full_ids[len(prompt_ids):]
+        truncated = self.max_completion_length is not None and len(completion) >= self.max_completion_length
+        if truncated:
+            completion = completion[: self.max_completion_length]
+        with_eos = not self.mask_eos and not truncated and complete
+        if with_eos:
+            completion = completion + [self.tokenizer.eos_token_id]
+        if not completion:
+            raise SAMIInputError(f"Empty response after tokenisation (response {response!r}); filter empty responses.")
+        return prompt_ids, completion, with_eos
+
+    def _check_rows(self, rows: Sequence[dict[str, Any]]) -> int:
+        if not rows:
+            raise SAMIInputError("Empty batch.")
+        sizes = set()
+        for r in rows:
+            if "prompts" not in r or "responses" not in r:
+                raise SAMIInputError(f"A SAMI row needs 'prompts' and 'responses' lists; got keys {sorted(r)}.")
+            if len(r["prompts"]) != len(r["responses"]):
+                raise SAMIInputError(
+                    f"A row has {len(r['prompts'])} prompts but {len(r['responses'])} responses; SAMI needs one "
+                    f"response per constitution (a square C×C matrix)."
+                )
+            sizes.add(len(r["prompts"]))
+        if len(sizes) != 1:
+            raise SAMIInputError(f"Rows in one batch have different numbers of constitutions {sorted(sizes)}.")
+        c = sizes.pop()
+        if c < 2:
+            raise SAMIInputError(f"SAMI needs C >= 2 constitutions per query; got C = {c}.")
+        return c
+
+    # ------------------------------------------------------------------------------------- layouts
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        n_const = self._check_rows(rows)
+        # encoded[b][i] = (prompt_ids, [completion_ids_j for j])
+        encoded = []
+        for r in rows:
+            per_const = []
+            complete = r.get("complete") or [True] * len(r["responses"])
+            for prompt in r["prompts"]:
+                pairs = [self.encode_pair(prompt, y, c) for y, c in zip(r["responses"], complete)]
+                per_const.append((pairs[0][0], [c for _, c, _ in pairs]))
+            encoded.append(per_const)
+        if self.layout == "padded":
+            batch = self._padded(encoded)
+        else:
+            batch = self._shared(encoded, n_const)
+        batch["n_constitutions"] = n_const
+        return batch
+
+    def _padded(self, encoded) -> dict[str, Any]:
+        seqs, masks = [], []
+        for per_const in encoded:
+            for prompt_ids, completions in per_const:
+                for comp in completions:
+                    seqs.append(prompt_ids + comp)
+                    masks.append([0] * len(prompt_ids) + [1] * len(comp))
+        width = _pad_to(max(len(s) for s in seqs), self.pad_to_multiple_of)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        completion = torch.zeros((len(seqs), width), dtype=torch.long)
+        for n, (s, m) in enumerate(zip(seqs, masks)):
+            input_ids[n, : len(s)] = torch.tensor(s)
+            attention[n, : len(s)] = 1
+            completion[n, : len(m)] = torch.tensor(m)
+        return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
+
+    def _shared(self, encoded, n_const: int) -> dict[str, Any]:
+        rows = [(p, comps) for per_const in encoded for p, comps in per_const]
+        prompt_end = max(len(p) for p, _ in rows)
+        width = _pad_to(max(prompt_end + sum(len(c) for c in comps) for _, comps in rows), self.pad_to_multiple_of)
+        n_score = max(sum(len(c) for c in comps) for _, comps in rows)
+        n = len(rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        position_ids = torch.zeros((n, width), dtype=torch.long)
+        segment = torch.full((n, width), -2, dtype=torch.long)  # -2 pad, -1 prompt, j response j
+        score_index = torch.full((n, n_score), prompt_end - 1, dtype=torch.long)
+        score_target = torch.full((n, n_score), pad, dtype=torch.long)
+        score_segment = torch.full((n, n_score), -1, dtype=torch.long)
+        for r, (p, comps) in enumerate(rows):
+            start = prompt_end - len(p)  # left-pad so every prompt ends at column prompt_end - 1
+            input_ids[r, start:prompt_end] = torch.tensor(p)
+            position_ids[r, start:prompt_end] = torch.arange(len(p))
+            segment[r, start:prompt_end] = -1
+            col, k = prompt_end, 0
+            for j, comp in enumerate(comps):
+                m = len(comp)
+                input_ids[r, col : col + m] = torch.tensor(comp)
+                position_ids[r, col : col + m] = torch.arange(len(p), len(p) + m)
+                segment[r, col : col + m] = j
+                # Token t of response j is predicted by the logits at the previous token of the same response,
+                # and its first token by the logits at the prompt's last token.
+                score_index[r, k] = prompt_end - 1
+                score_index[r, k + 1 : k + m] = torch.arange(col, col + m - 1)
+                score_target[r, k : k + m] = torch.tensor(comp)
+                score_segment[r, k : k + m] = j
+                col, k = col + m, k + m
+        q_seg = segment[:, :, None]
+        k_seg = segment[:, None, :]
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        allowed = causal & (k_seg != -2) & ((k_seg == -1) | (k_seg == q_seg))
+        allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself (no empty softmax rows)
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "attention_mask": allowed[:, None],
+            "score_index": score_index,
+            "score_target": score_target,
+            "score_segment": score_segment,
+            "logits_start": prompt_end - 1,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- matrix
+def logprob_matrix(model: Any, batch: dict[str, Any], reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` on a collated batch; return the [B, C, C] log-prob matrix and the response lengths [B, C]."""
+    n_const = int(batch["n_constitutions"])
+    if "score_index" not in batch:  # padded layout: every position's logits, shifted labels
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        labels = batch["input_ids"][:, 1:]
+        mask = batch["completion_mask"][:, 1:]
+        token_lp = selective_log_softmax(logits[:, :-1], labels)
+        matrix = reduce_token_logprobs(token_lp, mask, reduction).view(-1, n_const, n_const)
+        lengths = mask.sum(-1).view(-1, n_const, n_const)[:, 0, :]
+        return matrix, lengths
+    start = int(batch["logits_start"])
+    width = batch["input_ids"].shape[1]
+    mask = batch["attention_mask"]
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") or "sdpa"
+    if "flash" in impl:
+        raise SAMIInputError(
+            f"layout='shared_prompt' needs custom 4D attention masks, which {impl} does not take; load the model "
+            f"with attn_implementation='sdpa' or use layout='padded'."
+        )
+    if impl != "sdpa":  # eager and friends add the mask to the scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                use_cache=False, logits_to_keep=width - start)
+    logits = out.logits  # [N, width - start, V]
+    index = (batch["score_index"] - start).clamp_min(0)
+    picked = torch.gather(logits, 1, index[..., None].expand(-1, -1, logits.shape[-1]))
+    token_lp = selective_log_softmax(picked, batch["score_target"])
+    seg = batch["score_segment"]
+    valid = seg >= 0
+    n_rows = seg.shape[0]
+    sums = torch.zeros((n_rows, n_const), dtype=token_lp.dtype, device=token_lp.device)
+    sums = sums.scatter_add(1, seg.clamp_min(0), token_lp * valid)
+    counts = torch.zeros_like(sums).scatter_add(1, seg.clamp_min(0), valid.to(sums.dtype))
+    if reduction == "mean":
+        sums = sums / counts.clamp_min(1)
+    return sums.view(-1, n_const, n_const), counts.view(-1, n_const, n_const)[:, 0, :]
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+class SAMITrainer(Trainer):
+    """Trainer for SAMI (see the module docstring).
+
+    Args:
+        model: a model, or a reference string for :func:`harness.load_model` (alias, Hub id, folder, .gguf).
+        args: :class:`SAMIConfig`.
+        train_dataset / eval_dataset: rows ``{"prompts": [...C], "responses": [...C]}``.
+        processing_class: the tokenizer (loaded with the model when ``model`` is a string).
+        peft_config: a ``peft`` config (e.g. ``LoraConfig``) to train an adapter instead of all weights.
+    """
+
+    _tag_names = ["sami"]
+
+    def __init__(self, model: Any, args: SAMIConfig | None = None, train_dataset: Any = None,
+                 eval_dataset: Any = None, processing_class: Any = None, data_collator: Any = None,
+                 peft_config: Any = None, callbacks: Any = None, optimizers: Any = (None, None)) -> None:
+        args = args or SAMIConfig(output_dir="sami-output")
+        if isinstance(model, str):
+            from harness.models import load_model
+
+            model, tokenizer = load_model(model, dtype=args.model_dtype, eval_mode=False)
+            processing_class = processing_class or tokenizer
+        if processing_class is None:
+            raise SAMIInputError("SAMITrainer needs processing_class (the tokenizer) when model is not a string.")
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+            model = get_peft_model(model, peft_config)
+        if args.disable_dropout:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        if train_dataset is not None and len(train_dataset) == 0:
+            raise SAMIInputError("The training dataset is empty; sample responses first (or relax the filters).")
+        data_collator = data_collator or SAMIDataCollator(
+            processing_class, layout=args.layout, mask_eos=args.mask_eos,
+            max_completion_length=args.max_completion_length, pad_to_multiple_of=args.pad_to_multiple_of)
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         optimizers=optimizers)
+        # compute_loss returns a per-batch mean; let the Trainer divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None):
+        matrix, lengths = logprob_matrix(model, inputs, self.args.logprob_reduction)
+        out = sami_loss(matrix)
+        mode = "train" if model.training else "eval"
+        stats = torch.stack([out.loss_row, out.loss_col, out.mi_bound, out.accuracy_row, out.accuracy_col,
+                             matrix.diagonal(dim1=-2, dim2=-1).mean(), lengths.float().mean()]).detach()
+        stats = self.accelerator.gather_for_metrics(stats[None]).mean(0)
+        names = ["loss_row", "loss_col", "mi_bound", "accuracy_row", "accuracy_col", "logps_diag",
+                 "completion_length"]
+        for name, value in zip(names, stats.tolist()):
+            self._metrics[mode][name].append(value)
+        return (out.loss, {"logprob_matrix": matrix}) if return_outputs else out.loss
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        if self.args.last_microbatch_gradient_only and self.optimizer is not None:
+            self.optimizer.zero_grad()  # research-code quirk: earlier micro-batches' gradients are discarded
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: Any = None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs = {**logs, **metrics}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
