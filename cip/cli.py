@@ -198,21 +198,10 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"play": play, "calibrate"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from harness.cli import dispatch
     from harness.config import ConfigError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"cip: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.\n\n{USAGE}", file=sys.stderr)
-        return 2
-    try:
-        return COMMANDS[command](rest)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"cip {command}: {err}", file=sys.stderr)
-        return 2
+    return dispatch("cip", USAGE, COMMANDS, argv, (ConfigError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

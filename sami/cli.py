@@ -12,7 +12,6 @@ Every subcommand takes ``--config file.yaml`` plus ``--key value`` overrides (``
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -122,19 +121,9 @@ COMMANDS = {"iterate": _iterate, "evaluate": _evaluate, "judge": _judge}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sami`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"sami: unknown command {command!r}.\n\n{USAGE}", file=sys.stderr)
-        return 2
-    try:
-        return COMMANDS[command](rest)
-    except ConfigError as err:
-        print(f"sami {command}: {err}", file=sys.stderr)
-        return 2
+    from harness.cli import dispatch
+
+    return dispatch("sami", USAGE, COMMANDS, argv, (ConfigError,))
 
 
 if __name__ == "__main__":

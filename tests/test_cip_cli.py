@@ -119,7 +119,10 @@ def test_calibrate_then_eval_resumes_and_refuses_foreign_thresholds(tmp_path, ca
     assert main(["eval", *eval_args]) == 0
     assert len((out / "records.jsonl").read_text().splitlines()) == 10
     # thresholds calibrated for another knowledge base are refused
-    assert main(["eval", *TABLE, "--kb", "awa2", "--thresholds", str(th), "--out_dir", str(tmp_path / "x")]) == 2
+    other_kb = tmp_path / "other_kb.json"
+    other_kb.write_text(json.dumps({"questions": ["Is it big?", "Is it red?"], "classes": ["ant", "bus", "rose"],
+                                    "answers": {"ant": [0, 0], "bus": [1, 1], "rose": [0, 1]}}))
+    assert main(["eval", *TABLE, "--kb", str(other_kb), "--thresholds", str(th), "--out_dir", str(tmp_path / "x")]) == 2
     assert "another label set" in capsys.readouterr().err
 
 
