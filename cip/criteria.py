@@ -82,12 +82,11 @@ def cip_paper_score(posteriors: np.ndarray, weights: np.ndarray, tau: float, alp
     return lam + (1 - alpha_n) * np.log2(np.maximum(size, 1e-12))
 
 
-def cip_code_score(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.ndarray, tau: float, alpha: float,
-                   set_rule: str = ">=", nonempty: bool = False) -> np.ndarray:
-    """The reference code's Fano-style bound (see the module docstring)."""
+def _fano_terms(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.ndarray, tau: float, set_rule: str,
+                nonempty: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shared by the two Fano forms: per simulated answer, whether the estimated label is covered, the
+    weights, and the weighted mean log2 set size inside / log2 complement size outside the covered cases."""
     n_labels = posteriors.shape[-1]
-    n_est = posteriors.shape[-2]
-    alpha_n = alpha - 1.0 / (n_est + 1)
     member = set_membership(posteriors, tau, set_rule, nonempty)
     sizes = member.sum(axis=-1).astype(float)
     est_labels = np.asarray(est_labels, dtype=int)
@@ -97,23 +96,22 @@ def cip_code_score(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.n
     weights = np.broadcast_to(weights, sizes.shape)
     inside = _weighted_mean(np.log2(np.maximum(sizes, 1)), weights, covered)
     outside = _weighted_mean(np.log2(np.maximum(n_labels - sizes, 1)), weights, ~covered)
+    return covered, weights, inside, outside
+
+
+def cip_code_score(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.ndarray, tau: float, alpha: float,
+                   set_rule: str = ">=", nonempty: bool = False) -> np.ndarray:
+    """The reference code's Fano-style bound (see the module docstring)."""
+    alpha_n = alpha - 1.0 / (posteriors.shape[-2] + 1)
+    _, _, inside, outside = _fano_terms(posteriors, weights, est_labels, tau, set_rule, nonempty)
     return binary_entropy(alpha) + (1 - alpha_n) * inside + alpha * outside
 
 
 def cip_fano_score(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.ndarray, tau: float,
                    set_rule: str = ">=", nonempty: bool = False) -> np.ndarray:
     """The Fano form with the empirical miscoverage of the simulated sets (our extension; see above)."""
-    n_labels = posteriors.shape[-1]
-    member = set_membership(posteriors, tau, set_rule, nonempty)
-    sizes = member.sum(axis=-1).astype(float)
-    est_labels = np.asarray(est_labels, dtype=int)
-    if est_labels.ndim == 1:
-        est_labels = np.broadcast_to(est_labels, sizes.shape)
-    covered = np.take_along_axis(member, est_labels[..., None], axis=-1)[..., 0]
-    weights = np.broadcast_to(weights, sizes.shape)
+    covered, weights, inside, outside = _fano_terms(posteriors, weights, est_labels, tau, set_rule, nonempty)
     miss = (weights * ~covered).sum(axis=-1) / weights.sum(axis=-1)
-    inside = _weighted_mean(np.log2(np.maximum(sizes, 1)), weights, covered)
-    outside = _weighted_mean(np.log2(np.maximum(n_labels - sizes, 1)), weights, ~covered)
     hb = np.vectorize(binary_entropy, otypes=[float])(miss)
     return hb + (1 - miss) * inside + miss * outside
 
