@@ -227,27 +227,17 @@ def measure_overhead(model_ref: str = "smollm2-135m-instruct", batch_sizes: tupl
 
 # -------------------------------------------------------------------------------------------------------------
 def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    import matplotlib
+    from harness.evaluation import plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    series = {}
     for strategy in dict.fromkeys(r["strategy"] for r in results):
         rows = sorted((r for r in results if r["strategy"] == strategy), key=lambda r: r["mean_nfe"])
-        ax.plot([r["mean_nfe"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=strategy)
+        series[strategy] = {"x": [r["mean_nfe"] for r in rows], "y": [r["accuracy"] for r in rows]}
     base = next((r for r in results if (r["strategy"], r["setting"]) == BASELINE), None)
-    if base:
-        ax.axhline(base["accuracy"], color="grey", linestyle=":", linewidth=1)
-        ax.axvline(base["mean_nfe"] / 3, color="grey", linestyle="--", linewidth=1, label="baseline NFE / 3")
-    ax.set_xlabel("mean forward passes per sequence (NFE)")
-    ax.set_ylabel("exact-match accuracy")
-    ax.set_title(f"Tiny DLM, copy-one-of-two task: accuracy vs NFE {title}".strip())
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_curves(series, path, "mean forward passes per sequence (NFE)", "exact-match accuracy",
+                title=f"Tiny DLM, copy-one-of-two task: accuracy vs NFE {title}".strip(),
+                hlines={"baseline accuracy": base["accuracy"]} if base else None,
+                vlines={"baseline NFE / 3": base["mean_nfe"] / 3} if base else None)
 
 
 def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path: str | None = None,

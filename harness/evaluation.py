@@ -78,24 +78,37 @@ def _record_files(out_dir: Path) -> list[Path]:
     return sorted(out_dir.glob("records*.jsonl"))
 
 
+def read_records(out_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Every record of a run folder (merged or still per-process), by example id."""
+    return {str(r["id"]): r for f in _record_files(Path(out_dir)) for r in read_jsonl(f) if "id" in r}
+
+
 def completed_ids(out_dir: str | Path) -> set[str]:
-    out_dir = Path(out_dir)
-    return {str(r["id"]) for f in _record_files(out_dir) for r in read_jsonl(f) if "id" in r}
+    return set(read_records(out_dir))
 
 
-def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean. A single value gives a zero-width interval."""
+def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0,
+                 statistic: Callable[[np.ndarray], float] | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean, or of ``statistic(indices)`` for any other statistic
+    (it receives one resample's indices into ``values`` and may return NaN to drop that resample).
+    A single value gives a zero-width interval of the mean."""
     arr = np.asarray([v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))],
-                     dtype=float)
+                     dtype=float) if statistic is None else np.asarray(values, dtype=float)
     if arr.size == 0:
         return (float("nan"), float("nan"))
-    if arr.size == 1:
+    if arr.size == 1 and statistic is None:
         return (float(arr[0]), float(arr[0]))
     rng = np.random.default_rng(seed)
-    means = arr[rng.integers(0, arr.size, size=(n_resamples, arr.size))].mean(axis=1)
+    resamples = rng.integers(0, arr.size, size=(n_resamples, arr.size))
+    if statistic is None:
+        draws = arr[resamples].mean(axis=1)
+    else:
+        draws = np.asarray([statistic(idx) for idx in resamples], dtype=float)
+        draws = draws[~np.isnan(draws)]
+        if draws.size == 0:
+            return (float("nan"), float("nan"))
     alpha = (1 - confidence) / 2
-    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
+    return (float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha)))
 
 
 def summarize(records: Iterable[dict[str, Any]], group_by: str | None = None, confidence: float = 0.95,
@@ -246,15 +259,17 @@ def _json_default(value: Any) -> Any:
 
 
 def plot_curves(series: dict[str, dict[str, Sequence[float]]], path: str | Path, xlabel: str, ylabel: str,
-                title: str = "", diagonal: bool = False, logx: bool = False) -> Path:
+                title: str = "", diagonal: bool = False, logx: bool = False,
+                hlines: dict[str, float] | None = None, vlines: dict[str, float] | None = None) -> Path:
     """Line plot to PNG. ``series[label] = {"x": [...], "y": [...], "low": [...], "high": [...]}`` where
-    ``low``/``high`` (optional) draw an interval band. ``diagonal`` adds y = x (e.g. coverage vs 1-alpha)."""
+    ``low``/``high`` (optional) draw an interval band. ``diagonal`` adds y = x (e.g. coverage vs 1-alpha);
+    ``hlines`` / ``vlines`` map a label to a horizontal / vertical reference line (e.g. a baseline)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for label, s in series.items():
         (line,) = ax.plot(s["x"], s["y"], marker="o", label=label)
         if s.get("low") is not None and s.get("high") is not None:
@@ -262,6 +277,10 @@ def plot_curves(series: dict[str, dict[str, Sequence[float]]], path: str | Path,
     if diagonal:
         lims = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
         ax.plot(lims, lims, "k--", linewidth=1, label="y = x")
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, color="grey", linestyle=":", linewidth=1, label=label)
+    for label, x in (vlines or {}).items():
+        ax.axvline(x, color="grey", linestyle="--", linewidth=1, label=label)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

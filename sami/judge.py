@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.evaluation import bootstrap_ci
 from sami.prompts import judge_prompt
 
 ORDERS = ("random", "both", "candidate_first", "candidate_second")
@@ -73,16 +74,6 @@ def response_length(text: str) -> int:
     return len(text.split())
 
 
-def _bootstrap(values: np.ndarray, stat, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95):
-    rng = np.random.default_rng(seed)
-    draws = [stat(rng.integers(0, len(values), len(values))) for _ in range(n_resamples)]
-    draws = np.asarray([d for d in draws if not np.isnan(d)])
-    if draws.size == 0:
-        return float("nan"), float("nan")
-    a = (1 - confidence) / 2
-    return float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))
-
-
 def win_rates(wins: Sequence[float], len_candidate: Sequence[int], len_baseline: Sequence[int],
               confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Raw and length-balanced win rates with bootstrap intervals (see the module docstring)."""
@@ -100,8 +91,8 @@ def win_rates(wins: Sequence[float], len_candidate: Sequence[int], len_baseline:
         return float(np.mean(halves)) if halves else float("nan")
 
     all_idx = np.arange(w.size)
-    raw_ci = _bootstrap(w, lambda i: float(w[i].mean()), seed=seed, confidence=confidence)
-    bal_ci = _bootstrap(w, balanced, seed=seed, confidence=confidence)
+    raw_ci = bootstrap_ci(w, confidence=confidence, seed=seed)
+    bal_ci = bootstrap_ci(w, confidence=confidence, seed=seed, statistic=balanced)
     return {
         "win_rate": {"mean": float(w.mean()), "ci_low": raw_ci[0], "ci_high": raw_ci[1], "n": int(w.size)},
         "length_balanced_win_rate": {"mean": balanced(all_idx), "ci_low": bal_ci[0], "ci_high": bal_ci[1],
@@ -135,7 +126,7 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
     ``out_dir``; returns :func:`win_rates` plus the count of unparseable verdicts.
     """
     from harness.backends import SamplingParams, first_token_ids
-    from harness.evaluation import Task, read_jsonl, run_task
+    from harness.evaluation import Task, read_records, run_task
 
     if mode not in MODES:
         raise JudgeError(f"Unknown judge mode {mode!r}; allowed: {', '.join(MODES)}.")
@@ -185,7 +176,7 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
 
     out_dir = Path(out_dir)
     run_task(Task("sami-judge", list(pairs), run_batch), out_dir, batch_size=batch_size, progress=progress)
-    recs = {r["id"]: r for f in sorted(out_dir.glob("records*.jsonl")) for r in read_jsonl(f)}
+    recs = read_records(out_dir)
     done = [recs[str(p["id"])] for p in pairs if str(p["id"]) in recs]
     result = win_rates([r["metrics"]["win"] for r in done], [r["len_candidate"] for r in done],
                        [r["len_baseline"] for r in done])

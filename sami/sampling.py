@@ -106,7 +106,7 @@ def sample_responses(backend: Any, items: Sequence[dict[str, Any]], out_dir: str
     import datasets
 
     from harness.backends import SamplingParams
-    from harness.evaluation import Task, read_jsonl, run_task
+    from harness.evaluation import Task, read_records, run_task
 
     sampling = sampling or SamplingParams(max_new_tokens=350, temperature=0.0)
     if fmt == "plain" and not sampling.stop:
@@ -131,7 +131,7 @@ def sample_responses(backend: Any, items: Sequence[dict[str, Any]], out_dir: str
 
     out_dir = Path(out_dir)
     run_task(Task("sami-sample", list(items), run_batch), out_dir, batch_size=batch_size, progress=progress)
-    records = {r["id"]: r for f in sorted(out_dir.glob("records*.jsonl")) for r in read_jsonl(f)}
+    records = read_records(out_dir)
     kept = [records[str(it["id"])] for it in items if records.get(str(it["id"]), {}).get("kept")]
     columns = ("id", "query", "statements", "labels", "responses", "complete")
     ds = datasets.Dataset.from_list([{c: r[c] for c in columns} for r in kept]) if kept else \
