@@ -199,9 +199,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"play": play, "calibrate"
 
 def main(argv: Sequence[str] | None = None) -> int:
     from harness.cli import dispatch
-    from harness.config import ConfigError
 
-    return dispatch("cip", USAGE, COMMANDS, argv, (ConfigError, ValueError, FileNotFoundError))
+    return dispatch("cip", USAGE, COMMANDS, argv)
 
 
 if __name__ == "__main__":

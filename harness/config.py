@@ -19,9 +19,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message names the key, the value and what is allowed."""
+from harness.errors import ConfigError
 
 
 def _field_names(types: Sequence[type]) -> dict[str, type]:
@@ -123,3 +121,67 @@ def config_to_dict(config: Any) -> dict[str, Any]:
             value = str(value)
         out[f.name] = value
     return out
+
+
+# ------------------------------------------------------------------------------------- start-up checks
+# Every numeric option is checked before any model loads, with the option's name in the message. ``flag``
+# is how the user spelled the key (``--n_games`` for the dataclass CLIs, ``--n-problems`` for argparse).
+def _flag(key: str) -> str:
+    return key if key.startswith("-") else f"--{key}"
+
+
+def check_at_least(key: str, value: float | int | None, minimum: float | int, allow_none: bool = False) -> None:
+    """``value >= minimum`` (e.g. counts >= 1 where 0 has no meaning), else :class:`ConfigError`."""
+    if value is None and allow_none:
+        return
+    if value is None or isinstance(value, bool) or not value >= minimum:
+        raise ConfigError(f"{_flag(key)} {value}: must be >= {minimum}.")
+
+
+def check_range(key: str, value: float | None, low: float, high: float, low_open: bool = False,
+                high_open: bool = False, allow_none: bool = False) -> None:
+    """``low <= value <= high`` (``<`` on an open side), else :class:`ConfigError`."""
+    if value is None and allow_none:
+        return
+    ok = value is not None and not isinstance(value, bool) and (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{_flag(key)} {value}: must lie in {interval}.")
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """``value in choices``, else :class:`ConfigError` listing them."""
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{_flag(key)} {value!r}: choose one of {', '.join(map(str, choices))}.{hint}")
+
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def strict_bool(text: str | bool) -> bool:
+    """Parse a boolean option strictly: ``true/false/1/0/yes/no`` (any case); anything else is refused
+    (``ture`` must not quietly mean False). Usable as an argparse ``type``."""
+    if isinstance(text, bool):
+        return text
+    low = str(text).strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    import argparse
+
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true/false, 1/0 or yes/no")
+
+
+def check_file(key: str, path: str | Path | None, what: str = "file") -> Path:
+    """The path as a :class:`Path` when it is an existing file, else :class:`ConfigError` naming the option."""
+    if path is None or str(path) == "":
+        raise ConfigError(f"{_flag(key)} is required: give the path of a {what}.")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{_flag(key)} {path}: {what} not found.")
+    return p

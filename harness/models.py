@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ModelRefError
+
 logger = logging.getLogger(__name__)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ModelRefError, RuntimeError):
     """A model reference could not be loaded; the message says what to do."""
 
 

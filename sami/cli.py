@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sami`` console script."""
     from harness.cli import dispatch
 
-    return dispatch("sami", USAGE, COMMANDS, argv, (ConfigError,))
+    return dispatch("sami", USAGE, COMMANDS, argv)
 
 
 if __name__ == "__main__":

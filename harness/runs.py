@@ -1,0 +1,296 @@
+"""Run identity: a run folder is a citable record, and a rerun never mixes results made under other settings.
+
+Every resumable command opens its output folder through :func:`open_run` before it computes anything::
+
+    with open_run(cfg.out_dir, "cip-eval", config_to_dict(cfg), ignore=("out_dir", "progress"),
+                  files=[kb_path], models={"predictor": cfg.model}, overwrite=cfg.overwrite):
+        ...  # resume into the folder
+
+* ``run.json`` holds the resolved config (every key) and the *identity*: the settings that change results,
+  the sha256 of every data file, the identity of every model (see :func:`model_identity`) and the package
+  version. Its ``fingerprint`` is the sha256 of the identity.
+* A folder whose ``run.json`` has another fingerprint is refused with :class:`RunConflictError` naming the
+  keys that differ and the two ways forward: another ``--out_dir``, or ``--overwrite`` to start over.
+  ``overwrite=True`` empties the folder first (only a folder that is a run folder, or empty).
+* One run per folder at a time: an exclusive ``flock`` on ``.lock`` (released by the OS when the process dies,
+  so a ``kill -9`` never leaves a stale lock); a second run is refused with the first one's pid.
+* Settings that do not change results (progress bars, output paths, batch sizes where results are
+  batch-invariant) are passed in ``ignore``: they are saved in the config but not fingerprinted.
+
+Under ``accelerate launch`` only the main process opens the run (``main_process=False`` on the others makes
+:func:`open_run` a no-op that still yields the :class:`Run`), so the lock is held once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import RunConflictError
+
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+# Files above this size are identified by size plus the sha256 of their first and last 16 MiB (model weights).
+FULL_HASH_LIMIT = 512 << 20
+_EDGE = 16 << 20
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("cmikit")
+    except Exception:  # not installed (running from a source tree)
+        return "unknown"
+
+
+def file_digest(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file (memoised per path, size and mtime); for files over
+    :data:`FULL_HASH_LIMIT`, ``sha256-edges:<hex>`` over the size and the first and last 16 MiB."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _digest_cache:
+        return _digest_cache[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if st.st_size <= FULL_HASH_LIMIT:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+            out = f"sha256:{digest.hexdigest()}"
+        else:
+            digest.update(str(st.st_size).encode())
+            digest.update(handle.read(_EDGE))
+            handle.seek(st.st_size - _EDGE)
+            digest.update(handle.read(_EDGE))
+            out = f"sha256-edges:{digest.hexdigest()}"
+    _digest_cache[key] = out
+    return out
+
+
+def folder_digest(path: str | Path, patterns: Iterable[str] = ("*.json", "*.safetensors", "*.model", "*.txt",
+                                                                 "*.gguf", "*.bin")) -> str:
+    """One digest over the files of a model or adapter folder (names and :func:`file_digest` of each)."""
+    path = Path(path)
+    files = sorted({p for pattern in patterns for p in path.glob(pattern) if p.is_file()})
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(f"{p.name}={file_digest(p)}\n".encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def model_identity(ref: str | None, adapter: str | None = None, revision: str | None = None) -> dict[str, Any]:
+    """What identifies a model's weights without loading it: the reference, plus the pinned checksum for the
+    embedded model, the folder's file digests for a local checkpoint or ``.gguf``, or the revision for a Hub
+    id (``"main"`` unless given: a Hub id whose branch moves is only as fixed as its revision). ``adapter``
+    (a PEFT folder) is digested the same way. Unknown references are returned as given (the loader reports
+    them)."""
+    from harness.models import ModelLoadError, resolve_model_ref
+
+    out: dict[str, Any] = {"ref": ref}
+    if ref is None:
+        return out
+    try:
+        resolved = resolve_model_ref(ref)
+    except ModelLoadError:
+        return out
+    if resolved.kind == "embedded":
+        from harness.embedded import GGUF_SHA256
+
+        out["weights"] = f"sha256:{GGUF_SHA256}"
+    elif resolved.kind == "gguf":
+        out["weights"] = file_digest(resolved.path)
+    elif resolved.kind == "folder":
+        out["path"] = str(Path(resolved.path).resolve())
+        out["weights"] = folder_digest(resolved.path)
+    else:
+        out["hub_id"] = resolved.path
+        out["revision"] = revision or "main"
+    if adapter:
+        out["adapter"] = folder_digest(adapter) if Path(adapter).is_dir() else adapter
+    return out
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = "(absent)" if value is _MISSING else _canonical(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+_MISSING = object()
+
+
+def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 4) -> str:
+    """``key: old -> new`` for the keys that differ between two identities (at most ``limit``, then a count)."""
+    a, b = _flatten(old), _flatten(new)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+    parts = [f"{k}: {_short(a.get(k, _MISSING))} -> {_short(b.get(k, _MISSING))}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return "; ".join(parts)
+
+
+@dataclass
+class Run:
+    """An open run folder. ``identity`` is what the fingerprint covers; ``config`` is every setting."""
+
+    out_dir: Path
+    kind: str
+    config: dict[str, Any]
+    identity: dict[str, Any]
+    fingerprint: str
+    resumed: bool = False
+    _lock_fd: int | None = field(default=None, repr=False)
+
+    def path(self, *parts: str) -> Path:
+        return self.out_dir.joinpath(*parts)
+
+
+def build_identity(kind: str, settings: Mapping[str, Any], ignore: Iterable[str] = (),
+                   files: Mapping[str, str | Path] | Iterable[str | Path] = (),
+                   models: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The fingerprinted part of ``run.json`` (see the module docstring)."""
+    ignore = set(ignore)
+    if isinstance(files, Mapping):
+        named = {str(name): p for name, p in files.items() if p is not None}
+    else:
+        named = {str(p): p for p in files if p is not None}
+    digests = {}
+    for name, p in sorted(named.items()):
+        p = Path(p)
+        digests[name] = folder_digest(p) if p.is_dir() else file_digest(p) if p.is_file() else "(missing)"
+    models_id = {}
+    for name, model in (models or {}).items():
+        models_id[name] = model if isinstance(model, Mapping) else model_identity(model)
+    return {
+        "kind": kind,
+        "settings": {k: v for k, v in sorted(settings.items()) if k not in ignore},
+        "files": digests,
+        "models": models_id,
+        "package": package_version(),
+    }
+
+
+def _lock(out_dir: Path) -> int:
+    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunConflictError(
+            f"{out_dir} is in use by another run ({holder}); wait for it to finish or choose another --out_dir."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _clear(out_dir: Path) -> None:
+    for child in out_dir.iterdir():
+        if child.name == LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_run(out_dir: str | Path) -> dict[str, Any] | None:
+    """The ``run.json`` of a folder, or None."""
+    path = Path(out_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunConflictError(f"{path} is unreadable ({err}); pass --overwrite to start the run over.") from err
+
+
+@contextlib.contextmanager
+def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignore: Iterable[str] = (),
+             files: Mapping[str, str | Path] | Iterable[str | Path] = (), models: Mapping[str, Any] | None = None,
+             overwrite: bool = False, main_process: bool = True, overwrite_flag: str = "--overwrite",
+             out_flag: str = "--out_dir") -> Iterator[Run]:
+    """Open (create, resume or refuse) a run folder; see the module docstring. The lock is held until the
+    ``with`` block ends."""
+    out_dir = Path(out_dir)
+    config = dict(config)
+    identity = build_identity(kind, config, ignore, files, models)
+    fingerprint = hashlib.sha256(_canonical(identity).encode()).hexdigest()
+    run = Run(out_dir, kind, config, identity, fingerprint)
+    if not main_process:
+        yield run
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunConflictError(f"{out_flag} {out_dir} is a file, not a folder; choose another {out_flag}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run._lock_fd = _lock(out_dir)
+    try:
+        existing = read_run(out_dir) if not overwrite else None
+        others = [c for c in out_dir.iterdir() if c.name != LOCK_FILE]
+        if overwrite and others:
+            if not (out_dir / RUN_FILE).is_file():
+                raise RunConflictError(
+                    f"{out_dir} holds files but no {RUN_FILE}, so it is not a run folder; {overwrite_flag} only "
+                    f"empties run folders. Delete it yourself or choose another {out_flag}."
+                )
+            _clear(out_dir)
+        elif existing is not None:
+            if existing.get("fingerprint") != fingerprint:
+                diff = describe_differences(existing.get("identity", {}), identity)
+                raise RunConflictError(
+                    f"{out_dir} holds a {existing.get('kind', kind)} run made with other settings ({diff}); "
+                    f"use another {out_flag}, or {overwrite_flag} to start over."
+                )
+            run.resumed = True
+        elif others:
+            raise RunConflictError(
+                f"{out_dir} already holds files but no {RUN_FILE} (an older version's run or another tool's "
+                f"folder), so its results cannot be matched to these settings; use another {out_flag}, or "
+                f"delete the folder."
+            )
+        record = {"kind": kind, "fingerprint": fingerprint, "identity": identity, "config": config,
+                  "created": existing.get("created") if existing else time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if run.resumed:
+            record["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _write_json_atomic(out_dir / RUN_FILE, record)
+        yield run
+    finally:
+        _unlock(run._lock_fd)
+        run._lock_fd = None
