@@ -13,7 +13,7 @@ STAMP := $(VENV)/.cmikit-installed
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo demo-sami demo-decoding test test-fast lint bench bench-cip bench-sami bench-decoding gpu-check clean
+.PHONY: setup data demo demo-sami demo-decoding test test-fast lint bench bench-cip bench-sami bench-decoding gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# The public data the benchmarks use (AwA2, MediQ, SAMI TL;DR) into $CMIKIT_CACHE/data, pinned and resumable.
+data: $(STAMP)
+	$(VENV)/bin/cmikit data fetch all
 
 demo: $(STAMP)
 	$(VENV)/bin/cip eval --quick --out_dir $(DEMO_OUT)

@@ -36,7 +36,7 @@ class CIPConfig:
     """Settings shared by ``cip calibrate``, ``cip eval`` and ``cip play``.
 
     Environment: ``task`` 20q or mediq; ``kb`` a knowledge-base JSON or alias (everyday = the project's own,
-    awa2 = the shared AwA2 file); ``answerer`` table or llm; ``answer_style`` yes_no or free_text;
+    awa2 = the AwA2 dataset, see ``cmikit data``); ``answerer`` table or llm; ``answer_style`` yes_no or free_text;
     ``query_set`` closed (the bank; ``max_candidates`` scores a random subset per step) or open (the LLM
     proposes ``n_candidates`` per step).
     Predictor: ``predictor`` llm (the embedded model where it can serve) or table; ``model``; ``label_style``.
@@ -80,7 +80,8 @@ class CIPConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     n_games: int | None = None
     alphas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4])
-    mediq_dir: str = "../shared/data/mediq"
+    mediq_dir: str | None = field(default=None, metadata={"help": "MediQ folder (default: the mediq dataset, "
+                                  "$CMIKIT_DATA/mediq or fetched by `cmikit data fetch mediq`)"})
     specialty: str = "neurology"
     split: int = 0
     out_dir: str = "runs/cip_eval"
@@ -151,7 +152,9 @@ def build(cfg: CIPConfig, backend: Any = None) -> Setup:
 
         backend = TransformersBackend.from_ref(cfg.model, batch_size=cfg.batch_size)
     if cfg.task == "mediq":
-        data_dir = Path(cfg.mediq_dir)
+        from harness.data import data_dir as dataset_dir
+
+        data_dir = Path(cfg.mediq_dir) if cfg.mediq_dir else dataset_dir("mediq")
         est = load_mediq_split(data_dir, cfg.specialty, cfg.split, "train")
         cal = load_mediq_split(data_dir, cfg.specialty, cfg.split, "cal")
         test = load_mediq_split(data_dir, cfg.specialty, cfg.split, "test")

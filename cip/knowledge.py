@@ -3,7 +3,8 @@
 A knowledge base is a JSON file in the format of the AwA2 file the C-IP paper plays
 (``{"questions": [...], "classes": [...], "answers": {class: [0/1 per question]}}``, 1 = yes). The project
 ships its own base, ``cip/data/everyday_things.json`` (24 everyday things x 40 questions, our own writing),
-used as the default; ``awa2`` names the shared AwA2 file when it is present.
+used as the default; ``awa2`` names the AwA2 20-class file of the ``awa2`` dataset (``$CMIKIT_DATA/awa2``, or
+fetched once by ``cmikit data fetch awa2``).
 
 A history is a tuple of :class:`Turn` (question, answer); the predictor conditions on it.
 """
@@ -19,8 +20,16 @@ import numpy as np
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_KB = DATA_DIR / "everyday_things.json"
-SHARED_AWA2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "awa2" / "twenty_questions_awa2_20.json"
-KB_ALIASES = {"everyday": DEFAULT_KB, "default": DEFAULT_KB, "awa2": SHARED_AWA2}
+AWA2_FILE = "twenty_questions_awa2_20.json"  # in the awa2 dataset (harness.data)
+KB_ALIASES = {"everyday": DEFAULT_KB, "default": DEFAULT_KB, "awa2": None}  # None: resolved by harness.data
+
+
+def _resolve_kb(path: str | Path) -> Path:
+    if str(path) in KB_ALIASES:
+        from harness.data import data_file
+
+        return KB_ALIASES[str(path)] or data_file("awa2", AWA2_FILE)
+    return Path(path)
 
 YES, NO, UNKNOWN = "Yes.", "No.", "I don't know."
 ANSWER_WORDS = {"y": YES, "yes": YES, "n": NO, "no": NO, "u": UNKNOWN, "unknown": UNKNOWN, "?": UNKNOWN,
@@ -122,7 +131,7 @@ class KnowledgeBase:
         """Load a knowledge base from a JSON path or an alias (``everyday`` = the default, ``awa2``)."""
         if path is None:
             path = DEFAULT_KB
-        path = KB_ALIASES.get(str(path), Path(path))
+        path = _resolve_kb(path)
         path = Path(path)
         if not path.is_file():
             raise KnowledgeBaseError(f"Knowledge base file not found: {path}. Pass a JSON file in the AwA2 format "

@@ -25,13 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.backends import TransformersBackend, first_token_ids  # noqa: E402
+from harness.data import data_file  # noqa: E402
+from harness.errors import DataFileError  # noqa: E402
 from harness.models import load_model  # noqa: E402
 
-AWA2 = ROOT.parent / "shared" / "data" / "awa2" / "twenty_questions_awa2_20.json"
+try:
+    AWA2 = data_file("awa2", "twenty_questions_awa2_20.json")  # $CMIKIT_DATA/awa2 or `cmikit data fetch awa2`
+except DataFileError:
+    AWA2 = None
 
 
 def build_prompts(n: int, seed: int = 0) -> tuple[list, list[str]]:
-    if AWA2.is_file():
+    if AWA2 is not None:
         kb = json.loads(AWA2.read_text())
         questions, classes = kb["questions"], kb["classes"]
     else:  # the benchmark still runs without the shared data

@@ -14,7 +14,7 @@ memory-efficient kernel takes arbitrary masks.
 
 Each variant runs in its own subprocess (clean peak memory), with warm-up steps excluded from timing; the
 ratio is printed in the same run and written to ``--out`` (JSON). Data: real TL;DR posts and the reference
-base / SAMI summaries from ``../shared/data/sami-tldr`` with the reference constitutions, so prompts are
+base / SAMI summaries from the ``sami-tldr`` dataset (``$CMIKIT_DATA/sami-tldr`` or ``cmikit data fetch sami-tldr``) with the reference constitutions, so prompts are
 long and responses short, as in the paper's TL;DR setting.
 
     python scripts/bench_sami.py --lora                # embedded SmolLM2-135M + LoRA, CPU
@@ -35,14 +35,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data" / "sami-tldr"
 
 
 def build_rows(n_queries: int, max_post_chars: int) -> list[dict]:
+    from harness.data import data_dir
     from sami.constitutions import load_reference_constitutions
     from sami.judge import load_response_file
     from sami.prompts import build_prompt
 
+    DATA = data_dir("sami-tldr")
     base = load_response_file(DATA / "responses" / "base-mistral-mistral-constitution-temperature-0.0.json")
     sami = load_response_file(DATA / "responses" /
                               "iteration-3-epoch-0.38-from-epoch-0.25-mistral-mistral-constitution-temperature-0.0.json")

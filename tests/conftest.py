@@ -1,7 +1,12 @@
-"""Shared pytest set-up: the repository root on sys.path and the location of the shared data."""
+"""Shared pytest set-up: the repository root on sys.path and the location of the real data.
+
+``shared_data`` is ``$CMIKIT_DATA`` (a folder holding awa2/, mediq/, sami-tldr/; ``.ci/run`` sets it), else
+``../shared/data`` next to the checkout (this project's development layout). Tests that need it skip without it.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,13 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("CMIKIT_DATA") or ROOT.parent / "shared" / "data").expanduser()
+if not os.environ.get("CMIKIT_DATA") and SHARED_DATA.is_dir():
+    os.environ["CMIKIT_DATA"] = str(SHARED_DATA)  # so `--kb awa2` and the mediq default resolve in tests too
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        pytest.skip(f"real data not found at {SHARED_DATA} (set CMIKIT_DATA to a folder holding awa2/, mediq/, "
+                    f"sami-tldr/)")
     return SHARED_DATA
 
 
