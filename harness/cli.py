@@ -30,7 +30,7 @@ def run_cli(main: Callable[[], int | None], interrupted_hint: str = "") -> int:
     try:
         code = main()
     except CmikitError as err:
-        print_error(str(err))
+        print_error(str(err) or type(err).__name__)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"\ninterrupted{'; ' + interrupted_hint if interrupted_hint else ''}", file=sys.stderr)

@@ -196,6 +196,10 @@ def _load_stamps(folder: Path) -> dict[str, list[int]]:
 
 
 def _save_stamps(folder: Path, stamps: dict[str, list[int]]) -> None:
+    # Only files that settled (mtime over 2 s ago): one rewritten within the same mtime tick at the same size
+    # would otherwise pass as verified. A fresh folder is hashed once more on its next load.
+    now = time.time_ns()
+    stamps = {name: stamp for name, stamp in stamps.items() if now - stamp[1] > 2_000_000_000}
     try:
         _write_json_atomic(folder / VERIFIED_STAMP, stamps)
     except OSError:  # a read-only cache: verify again next time

@@ -43,6 +43,7 @@ LOCK_FILE = ".lock"
 FULL_HASH_LIMIT = 512 << 20
 _EDGE = 16 << 20
 _digest_cache: dict[tuple[str, int, int], str] = {}
+_RACY_NS = 2_000_000_000
 
 
 def package_version() -> str:
@@ -74,7 +75,8 @@ def file_digest(path: str | Path) -> str:
             handle.seek(st.st_size - _EDGE)
             digest.update(handle.read(_EDGE))
             out = f"sha256-edges:{digest.hexdigest()}"
-    _digest_cache[key] = out
+    if time.time_ns() - st.st_mtime_ns > _RACY_NS:  # a file written just now may change again within the same
+        _digest_cache[key] = out                     # mtime tick, at the same size: only memoise settled files
     return out
 
 
@@ -259,10 +261,16 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
         return
     if out_dir.exists() and not out_dir.is_dir():
         raise RunConflictError(f"{out_flag} {out_dir} is a file, not a folder; choose another {out_flag}.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run._lock_fd = _lock(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run._lock_fd = _lock(out_dir)
+    except OSError as err:
+        raise RunConflictError(f"{out_flag} {out_dir} cannot be used as a run folder ({err.strerror or err}); "
+                               f"choose another {out_flag}.") from None
     try:
         existing = read_run(out_dir) if not overwrite else None
+        for leftover in out_dir.glob(f".{RUN_FILE}.*.tmp"):  # from a run killed while writing run.json
+            leftover.unlink(missing_ok=True)
         others = [c for c in out_dir.iterdir() if c.name != LOCK_FILE]
         if overwrite and others:
             if not (out_dir / RUN_FILE).is_file():

@@ -89,6 +89,9 @@ def test_damaged_cache_is_prepared_again_once_with_a_message(fake_prep, capsys, 
 def test_sha256_is_checked_once_then_remembered(fake_prep, monkeypatch):
     target = embedded.prepare_embedded_model()
     (target / ".verified").unlink()
+    hour_ago = time.time_ns() - 3600 * 10**9
+    for path in target.iterdir():  # settled files (fresh ones are never stamped: see the next test)
+        os.utime(path, ns=(hour_ago, hour_ago))
     hashed: list[str] = []
     real = embedded.sha256_file
     monkeypatch.setattr(embedded, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
@@ -98,9 +101,21 @@ def test_sha256_is_checked_once_then_remembered(fake_prep, monkeypatch):
     for _ in range(3):
         embedded.prepare_embedded_model()
     assert hashed == []  # stamped by size and mtime: plain loads only stat the files
-    os.utime(target / "config.json", ns=(time.time_ns(), time.time_ns() + 10**9))
+    os.utime(target / "config.json", ns=(hour_ago, hour_ago + 10**9))
     embedded.prepare_embedded_model()
     assert hashed == ["config.json"]  # a touched file is hashed again
+
+
+def test_a_file_rewritten_within_the_same_mtime_tick_is_not_trusted(fake_prep):
+    target = embedded.prepare_embedded_model()
+    weights = target / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert embedded.check_prepared(target) is None
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stamp, stamp))  # same size, same mtime: as if written within one timestamp tick
+    assert "sha256" in (embedded.check_prepared(target) or "")
 
 
 def test_failed_repair_names_the_folder_to_delete(fake_prep, monkeypatch):
