@@ -244,6 +244,42 @@ def read_run(out_dir: str | Path) -> dict[str, Any] | None:
         raise RunConflictError(f"{path} is unreadable ({err}); pass --overwrite to start the run over.") from err
 
 
+_TMP_GLOB = f".{RUN_FILE}.*.tmp"
+
+
+def _check_folder(out_dir: Path, *, kind: str, identity: dict[str, Any], fingerprint: str, overwrite: bool,
+                  overwrite_flag: str, out_flag: str) -> tuple[dict[str, Any] | None, bool]:
+    """Refuse (:class:`RunConflictError`) or return ``(run.json to resume or None, whether to empty the
+    folder first)``; changes nothing."""
+    if not out_dir.is_dir():
+        return None, False
+    leftovers = set(out_dir.glob(_TMP_GLOB))
+    others = [c for c in out_dir.iterdir() if c.name != LOCK_FILE and c not in leftovers]
+    if overwrite:
+        if others and not (out_dir / RUN_FILE).is_file():
+            raise RunConflictError(
+                f"{out_dir} holds files but no {RUN_FILE}, so it is not a run folder; {overwrite_flag} only "
+                f"empties run folders. Delete it yourself or choose another {out_flag}."
+            )
+        return None, bool(others)
+    existing = read_run(out_dir)
+    if existing is not None:
+        if existing.get("fingerprint") != fingerprint:
+            diff = describe_differences(existing.get("identity", {}), identity)
+            raise RunConflictError(
+                f"{out_dir} holds a {existing.get('kind', kind)} run made with other settings ({diff}); "
+                f"use another {out_flag}, or {overwrite_flag} to start over."
+            )
+        return existing, False
+    if others:
+        raise RunConflictError(
+            f"{out_dir} already holds files but no {RUN_FILE} (an older version's run or another tool's "
+            f"folder), so its results cannot be matched to these settings; use another {out_flag}, or "
+            f"delete the folder."
+        )
+    return None, False
+
+
 @contextlib.contextmanager
 def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignore: Iterable[str] = (),
              files: Mapping[str, str | Path] | Iterable[str | Path] = (), models: Mapping[str, Any] | None = None,
@@ -261,6 +297,11 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
         return
     if out_dir.exists() and not out_dir.is_dir():
         raise RunConflictError(f"{out_flag} {out_dir} is a file, not a folder; choose another {out_flag}.")
+    check = dict(kind=kind, identity=identity, fingerprint=fingerprint, overwrite=overwrite,
+                 overwrite_flag=overwrite_flag, out_flag=out_flag)
+    # Refuse before touching anything (no .lock written into a folder that is not this run's); checked again
+    # under the lock below.
+    _check_folder(out_dir, **check)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         run._lock_fd = _lock(out_dir)
@@ -268,31 +309,12 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
         raise RunConflictError(f"{out_flag} {out_dir} cannot be used as a run folder ({err.strerror or err}); "
                                f"choose another {out_flag}.") from None
     try:
-        existing = read_run(out_dir) if not overwrite else None
-        for leftover in out_dir.glob(f".{RUN_FILE}.*.tmp"):  # from a run killed while writing run.json
+        existing, clear = _check_folder(out_dir, **check)  # again, now that the folder is ours
+        for leftover in out_dir.glob(_TMP_GLOB):  # from a run killed while writing run.json
             leftover.unlink(missing_ok=True)
-        others = [c for c in out_dir.iterdir() if c.name != LOCK_FILE]
-        if overwrite and others:
-            if not (out_dir / RUN_FILE).is_file():
-                raise RunConflictError(
-                    f"{out_dir} holds files but no {RUN_FILE}, so it is not a run folder; {overwrite_flag} only "
-                    f"empties run folders. Delete it yourself or choose another {out_flag}."
-                )
+        if clear:
             _clear(out_dir)
-        elif existing is not None:
-            if existing.get("fingerprint") != fingerprint:
-                diff = describe_differences(existing.get("identity", {}), identity)
-                raise RunConflictError(
-                    f"{out_dir} holds a {existing.get('kind', kind)} run made with other settings ({diff}); "
-                    f"use another {out_flag}, or {overwrite_flag} to start over."
-                )
-            run.resumed = True
-        elif others:
-            raise RunConflictError(
-                f"{out_dir} already holds files but no {RUN_FILE} (an older version's run or another tool's "
-                f"folder), so its results cannot be matched to these settings; use another {out_flag}, or "
-                f"delete the folder."
-            )
+        run.resumed = existing is not None
         record = {"kind": kind, "fingerprint": fingerprint, "identity": identity, "config": config,
                   "created": existing.get("created") if existing else time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if run.resumed:

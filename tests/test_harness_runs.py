@@ -26,8 +26,7 @@ IGNORE = ("progress", "out_dir", "batch_size")
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _open(out: Path, config=None, **kwargs):
@@ -60,6 +59,7 @@ def test_new_run_writes_run_json_and_resume_sets_resumed(tmp_path):
 def test_changed_settings_are_refused_naming_the_keys_and_nothing_changes(tmp_path):
     out = tmp_path / "run"
     _finished_run(out)
+    (out / ".lock").write_text("pid 1 since an earlier run")  # a refused run must not rewrite even this
     before = _snapshot(out)
     changed = dict(CONFIG, max_queries=5, methods=["cip", "ip", "random"])
     with pytest.raises(RunConflictError) as err:
@@ -107,7 +107,7 @@ def test_a_non_run_folder_with_files_is_refused_and_left_alone(tmp_path, overwri
         with _open(out, overwrite=overwrite):
             raise AssertionError("the body must not run")
     assert "\n" not in str(err.value)
-    assert _snapshot(out) == before and sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["sub", "thesis.tex"]
+    assert _snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["sub", "thesis.tex"]  # no .lock
 
 
 def test_an_empty_existing_folder_is_used(tmp_path):
