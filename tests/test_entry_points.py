@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 
 
-def test_the_three_console_scripts_are_declared():
-    assert set(SCRIPTS) == {"sami", "cip", "dlm-decode"}
+def test_the_console_scripts_are_declared():
+    assert set(SCRIPTS) == {"sami", "cip", "dlm-decode", "cmikit"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
