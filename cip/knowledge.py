@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import DataFileError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_KB = DATA_DIR / "everyday_things.json"
 SHARED_AWA2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "awa2" / "twenty_questions_awa2_20.json"
@@ -27,8 +29,9 @@ ANSWER_WORDS = {"y": YES, "yes": YES, "n": NO, "no": NO, "u": UNKNOWN, "unknown"
                 "dont know": UNKNOWN, "don't know": UNKNOWN, "idk": UNKNOWN}
 
 
-class KnowledgeBaseError(ValueError):
-    """A knowledge base file or value a user can fix; the message says what was wrong."""
+class KnowledgeBaseError(DataFileError):
+    """A knowledge base file or value a user can fix; the message says what was wrong (a
+    :class:`harness.errors.DataFileError`, so the CLIs print it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,13 @@ class Turn:
 
 
 History = tuple[Turn, ...]
+
+
+def resolve_kb_path(path: str | Path | None) -> Path:
+    """The file behind a ``--kb`` value: an alias (``everyday``/``default``, ``awa2``) or a path."""
+    if path is None:
+        return Path(DEFAULT_KB)
+    return Path(KB_ALIASES.get(str(path), Path(path)))
 
 
 def normalize_answer(text: str) -> str:
@@ -120,18 +130,22 @@ class KnowledgeBase:
     @classmethod
     def load(cls, path: str | Path | None = None) -> KnowledgeBase:
         """Load a knowledge base from a JSON path or an alias (``everyday`` = the default, ``awa2``)."""
-        if path is None:
-            path = DEFAULT_KB
-        path = KB_ALIASES.get(str(path), Path(path))
-        path = Path(path)
+        path = resolve_kb_path(path)
         if not path.is_file():
             raise KnowledgeBaseError(f"Knowledge base file not found: {path}. Pass a JSON file in the AwA2 format "
                                      f"or one of the aliases {sorted(KB_ALIASES)}.")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise KnowledgeBaseError(f"Knowledge base {path} is not UTF-8 text (byte {err.start}); save it as "
+                                     "UTF-8 JSON.") from err
         except json.JSONDecodeError as err:
-            raise KnowledgeBaseError(f"Knowledge base {path} is not valid JSON: {err}") from err
-        return cls.from_dict(data, name=path.stem)
+            raise KnowledgeBaseError(f"Knowledge base {path} is not valid JSON: {err.msg} at line {err.lineno} "
+                                     f"column {err.colno}.") from err
+        if not isinstance(data, dict):
+            raise KnowledgeBaseError(f"Knowledge base {path} must hold a JSON object with questions, classes and "
+                                     f"answers, got {type(data).__name__}.")
+        return cls.from_dict(data, name=str(path))
 
     def answer(self, label: int, question: str) -> str:
         """The table's answer ("Yes." / "No.") of item ``label`` to a bank question."""
