@@ -37,8 +37,10 @@ class AgentError(ConfigError):
 class AgentConfig:
     """Settings of one agent.
 
-    criterion: cip-paper (mean set size, the paper), cip-code (the reference code's bound), cip-fano (that
-        bound with the empirical miscoverage; our extension), ip (entropy),
+    criterion: cip-floor (the default: the paper's mean set size with an empty simulated set counted as the
+        current set; our extension), cip-selffano (Fano with the predictor's own miscoverage; ours),
+        cip-paper (mean set size, the paper), cip-code (the reference code's bound), cip-fano (that
+        bound with the empirical miscoverage; ours), ip (entropy),
         random, direct (the LLM proposes the next question; needs a querier).
     n_est / est_source: estimation samples per step (4 in 20Q, 12 in MediQ); prior = the reference code.
     max_queries, stop_singleton, stop_epsilon: stopping rules (epsilon 0 = off).

@@ -15,6 +15,12 @@ posteriors p_i = f(S_k + (q, a_i))), with C_i = {y : p_{i,y} >= tau_{k+1}}:
   e * mean_{not I} log2(|Y| - |C_i|). The fixed-alpha forms reward questions that leave every simulated set
   empty (nothing learned, tau above every probability): ``cip-code`` then scores h_b(alpha) +
   alpha * log2|Y|, its best value, and ``cip-paper`` log2(0). With e = 1 that case scores log2|Y|, its worst.
+* ``cip-floor`` (our extension, the default; derivation in docs/cip.md): the paper's objective with every
+  empty simulated set counted as the current step's set C_k (|Y| if that is empty too): an answer that
+  empties the set has taught nothing the conformal procedure can act on. Equal to ``cip-paper`` whenever no
+  simulated set is empty; label-free. Ties (integer sizes) go to the lower expected entropy (weight 1e-6).
+* ``cip-selffano`` (our extension): Fano's bound per simulated posterior with its own miscoverage of its set,
+  e_i = 1 - p_i(C_i): h_b(e_i) + (1 - e_i) log2|C_i| + e_i log2(|Y| - |C_i|), averaged; label-free.
 * ``ip`` (the IP baseline, ``compute_entropy_formula``): mean entropy in bits, probabilities clamped at 1e-5.
 
 All are minimised. Means are weighted by w_i (uniform for sampled estimation examples).
@@ -122,6 +128,9 @@ def cip_fano_score(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.n
     return hb + (1 - miss) * inside + miss * outside
 
 
+FLOOR_TIE_WEIGHT = 1e-6
+
+
 def floored_set_sizes(posteriors: np.ndarray, tau: float, floor: float, set_rule: str = ">=") -> np.ndarray:
     """|C_i| with an empty simulated set counted as ``floor`` (the current set's size: an answer that empties
     the set has told us nothing we can act on, so the set we would answer with is still the current one)."""
@@ -139,7 +148,9 @@ def cip_floor_score(posteriors: np.ndarray, weights: np.ndarray, tau: float, alp
     lam = binary_entropy(alpha) + alpha * math.log2(n_labels) - (1 - alpha_n) * math.log2(1 - alpha)
     floor = current_size if current_size > 0 else n_labels
     size = (floored_set_sizes(posteriors, tau, floor, set_rule) * weights).sum(axis=-1)
-    return lam + (1 - alpha_n) * np.log2(np.maximum(size, 1.0))
+    # Set sizes are integers, so candidates tie often; ties go to the lower expected entropy (the quantity the
+    # bound bounds). The weight keeps this below any difference in expected set size (>= 1/n_est in E|C|).
+    return lam + (1 - alpha_n) * np.log2(np.maximum(size, 1.0)) + FLOOR_TIE_WEIGHT * ip_score(posteriors, weights)
 
 
 def cip_selffano_score(posteriors: np.ndarray, weights: np.ndarray, tau: float, set_rule: str = ">=") -> np.ndarray:

@@ -136,10 +136,9 @@ def test_calibrate_then_eval_resumes_and_refuses_foreign_thresholds(tmp_path, ca
 
 def test_quick_preset_is_small_and_explicit_options_win():
     from cip.cli import _explicit_keys
+    from cip.criteria import DEFAULT_CRITERION
     from cip.evaluate import CIPConfig, apply_quick
     from harness.config import parse_config
-
-    from cip.criteria import DEFAULT_CRITERION
 
     argv = ["--quick", "--n_games", "2"]
     cfg = apply_quick(parse_config(CIPConfig, argv), _explicit_keys(argv))
