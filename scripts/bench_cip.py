@@ -128,7 +128,7 @@ def bench_table(seeds: int, n_cal: int, alpha: float, max_queries: int, criteria
 
 
 MISCAL_LEVELS = {
-    "temperature": [1.0, 0.7, 0.5, 0.3],
+    "temperature": [1.0, 0.7, 0.5, 0.3, 0.1],
     "first_label_bias": [1.0, 3.0, 10.0, 30.0],
     "unmodelled_noise": [0.05, 0.1, 0.2, 0.3],
 }
@@ -198,6 +198,17 @@ def bench_miscalibration(seeds: int, n_cal: int, alpha: float, max_queries: int,
                     **{f"acc@{b}": float(np.mean([g["acc"][b] for g in gs])) for b in budgets},
                     "in_game_coverage": float(np.mean([g["covered"] for g in gs])),
                     "mean_set_size": float(np.mean([g["set_size"] for g in gs]))}
+            if "ip" in games:  # paired (same seed and item) differences to IP, with 95% bootstrap intervals
+                rng = np.random.default_rng(0)
+                for criterion, gs in games.items():
+                    if criterion == "ip":
+                        continue
+                    for b in budgets:
+                        diff = np.array([g["acc"][b] - h["acc"][b] for g, h in zip(gs, games["ip"])])
+                        boots = [diff[rng.integers(len(diff), size=len(diff))].mean() for _ in range(2000)]
+                        row["criteria"][criterion][f"acc@{b}_minus_ip"] = {
+                            "mean": float(diff.mean()), "ci95": [float(np.quantile(boots, 0.025)),
+                                                                 float(np.quantile(boots, 0.975))]}
             out[kind].append(row)
             cells = "  ".join(f"{c}: q {v['queries_to_correct_singleton']:.2f} succ {v['success_rate']:.2f} "
                               f"acc@10 {v['acc@10']:.2f}" for c, v in row["criteria"].items())
@@ -207,7 +218,8 @@ def bench_miscalibration(seeds: int, n_cal: int, alpha: float, max_queries: int,
 
 
 def plot_miscalibration(result: dict, path: str | Path) -> None:
-    """One panel per wrapper: queries to a correct singleton (successful games) vs ECE, one line per criterion."""
+    """One column per wrapper: queries to a correct singleton (successful games) and accuracy after 10 questions
+    against the wrapper's strength (its ECE in the axis label), one line per criterion."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,8 +233,8 @@ def plot_miscalibration(result: dict, path: str | Path) -> None:
             x = [r["level"] for r in rows]
             axes[0, j].plot(x, [r["criteria"][criterion]["queries_to_correct_singleton"] for r in rows], "o-",
                             label=criterion)
-            axes[1, j].plot(x, [r["criteria"][criterion]["success_rate"] for r in rows], "o-", label=criterion)
-        for i, ylab in enumerate(("queries to correct singleton", "success rate (correct singleton)")):
+            axes[1, j].plot(x, [r["criteria"][criterion]["acc@10"] for r in rows], "o-", label=criterion)
+        for i, ylab in enumerate(("queries to correct singleton", "accuracy after 10 questions")):
             eces = ", ".join(f"{r['ece_mean']:.2f}" for r in rows)
             axes[i, j].set_xlabel(f"{kind} (ECE {eces})", fontsize=8)
             axes[i, j].set_ylabel(ylab)
@@ -242,6 +254,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["speed", "table", "miscal", "all"], default="all")
     parser.add_argument("--kinds", nargs="+", default=list(MISCAL_LEVELS), help="miscalibration wrappers to sweep")
     parser.add_argument("--plot", default="", help="--part miscal: where to save the plot (PNG)")
+    parser.add_argument("--replot", default="", help="redraw --plot from this saved --part miscal JSON and exit")
     parser.add_argument("--naive_rows", type=int, default=340, help="rows the naive loop times (scaled to 340)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=5)
@@ -262,6 +275,10 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.replot:
+        plot_miscalibration(json.loads(Path(args.replot).read_text())["miscalibration"], args.plot)
+        print(f"wrote {args.plot}")
+        return
     result: dict = {}
     if args.part in ("table", "all"):
         result["table"] = bench_table(args.seeds, args.n_cal, args.alpha, args.max_queries, args.criteria,
