@@ -13,6 +13,14 @@ per seed (seeds 0..S-1, thresholds calibrated per seed, N=100, alpha=0.1, 20 que
 the stop, success rate (a correct singleton set is reached) and mean queries to a correct singleton set,
 with 95% bootstrap intervals over games and the per-seed means.
 
+``--kb everyday`` runs ``--part table`` on the built-in knowledge base instead of AwA2.
+
+``--part miscal``: the miscalibration study (issue 8): the exact-Bayes predictor on AwA2 miscalibrated by the
+wrappers of :mod:`cip.miscalibration` (over-confidence, first-label bias, unmodelled answer noise), swept one at
+a time (``MISCAL_LEVELS``); per level: ECE, held-out coverage, and per criterion queries to a correct singleton
+(95% CI), success rate, accuracy after 5/10/20 questions (and its paired difference to IP with a bootstrap
+interval), in-game coverage. ``--plot`` draws it; ``--replot JSON`` redraws a saved run.
+
 Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_cip.py --part all --out runs/bench_cip.json``
 """
 
