@@ -150,3 +150,18 @@ def test_quick_preset_is_small_and_explicit_options_win():
     assert llm.n_cal == 10 and llm.max_queries == 3 and llm.max_candidates == 16
     plain = apply_quick(parse_config(CIPConfig, []), set())
     assert plain.n_cal == 100 and plain.max_candidates is None and plain.methods[0] == DEFAULT_CRITERION
+
+
+def test_demo_job_does_not_depend_on_the_model_cache(monkeypatch):
+    """`make demo` (`cip eval --quick`) runs the table predictor whether or not the embedded model is prepared."""
+    import harness.embedded
+    from cip.cli import _explicit_keys
+    from cip.evaluate import CIPConfig, apply_quick, resolve_predictor_kind
+    from harness.config import parse_config
+
+    for prepared in (False, True):
+        monkeypatch.setattr(harness.embedded, "is_prepared", lambda *a, prepared=prepared: prepared)
+        cfg = apply_quick(parse_config(CIPConfig, ["--quick"]), _explicit_keys(["--quick"]))
+        assert resolve_predictor_kind(cfg) == "table" and cfg.max_queries == 20
+    other = parse_config(CIPConfig, ["--model", "some/other-model"])
+    assert resolve_predictor_kind(other) == "llm"  # a model the user names is used
