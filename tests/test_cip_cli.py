@@ -150,6 +150,10 @@ def test_quick_preset_is_small_and_explicit_options_win():
     assert llm.n_cal == 10 and llm.max_queries == 3 and llm.max_candidates == 16
     plain = apply_quick(parse_config(CIPConfig, []), set())
     assert plain.n_cal == 100 and plain.max_candidates is None and plain.methods[0] == DEFAULT_CRITERION
+    mediq_argv = ["--quick", "--task", "mediq"]
+    mediq = apply_quick(parse_config(CIPConfig, mediq_argv), _explicit_keys(mediq_argv))
+    assert (mediq.n_games, mediq.max_queries, mediq.n_est, mediq.max_candidates, mediq.n_cal) == (3, 2, 2, 4, 10)
+    assert mediq.methods == [DEFAULT_CRITERION, "ip"]
 
 
 def test_demo_job_does_not_depend_on_the_model_cache(monkeypatch):
