@@ -154,3 +154,13 @@ def test_reference_parity_switches():
     with_corr = cip_code_score(post, w, np.zeros(4, int), 0.1, 0.2)
     without = cip_code_score(post, w, np.zeros(4, int), 0.1, 0.2, alpha_n_correction=False)
     assert not np.allclose(with_corr, without)
+
+
+def test_play_on_awa2_with_a_kb_file(tmp_path, shared_data):
+    path = shared_data / "awa2" / "twenty_questions_awa2_20.json"
+    kb = KnowledgeBase.load(path)
+    out = io.StringIO()
+    args = ["--kb", str(path), "--noun", "animal", "--transcript", str(tmp_path / "t.json"), "--progress", "false"]
+    assert play(args, stdin=Player(kb, "zebra", out), stdout=out) == 0
+    text = out.getvalue()
+    assert "Think of one of these 20 animals" in text and "My answer: zebra" in text
