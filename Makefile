@@ -28,8 +28,10 @@ setup: $(STAMP)
 data: $(STAMP)
 	$(VENV)/bin/cmikit data fetch all
 
+# C-IP 20 Questions with the exact-Bayes predictor: the same job every time (no model needed; < 1 min).
+# The LLM version is one flag away: $(VENV)/bin/cip eval --quick --predictor llm --out_dir runs/demo-llm
 demo: $(STAMP)
-	$(VENV)/bin/cip eval --quick --out_dir $(DEMO_OUT)
+	$(VENV)/bin/cip eval --quick --out_dir $(DEMO_OUT) --overwrite true
 
 # The other two methods' main jobs on the embedded / tiny models.
 demo-sami: $(STAMP)

@@ -8,7 +8,10 @@ prediction set (C-IP) instead of the entropy of a possibly miscalibrated LLM pos
 * :mod:`cip.conformal`: split-conformal thresholds per history length (§3.2, Alg. 1), both quantile rules,
   uniform and direct-prompting history samplers, a saved thresholds object.
 * :mod:`cip.criteria`: C-IP as the paper states it (mean set size) and as the reference code computes it
-  (Fano-style bound), IP (entropy) (§3.1, eq. C-IP and (11)).
+  (Fano-style bound), IP (entropy) (§3.1, eq. C-IP and (11)), and our variants that do not reward empty
+  simulated sets (``cip-floor``, the default; ``cip-selffano``; ``cip-fano``).
+* :mod:`cip.miscalibration`: predictor wrappers (over-confidence, first-label bias) and a noisy answering
+  world, with expected calibration error, for the miscalibration study (our addition).
 * :mod:`cip.agent`: the ask -> answer -> update -> stop -> predict loop with full traces and stopping rules
   (Alg. 4/5, G.10).
 * :mod:`cip.environments` and :mod:`cip.knowledge`: 20 Questions (closed bank, LLM answers, open LLM query

@@ -6,7 +6,7 @@ Then every candidate query q is scored: n_est estimation items (x_i, y_i) are dr
 the posteriors f(S_k + (q, a_i)) are computed -- **all of them in one predictor call**, identical
 (history, context) pairs only once -- and the criterion (:mod:`cip.criteria`) is evaluated with
 tau_{k+1}. The estimation items are drawn once per step and shared by all candidates (common random
-numbers; the reference code draws them inside the per-candidate bound).
+numbers), as in the reference code, which also draws them once per step before looping over the candidates.
 
 Stopping rules (any combination): ``max_queries``; a singleton prediction set; the standard deviation of
 the candidates' scores below ``stop_epsilon`` (G.10). The reference code has no online stopping; every
@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from cip.conformal import ConformalThresholds
-from cip.criteria import ESTIMATION_SOURCES, SCORED_CRITERIA, check_criterion, score_all
+from cip.criteria import DEFAULT_CRITERION, ESTIMATION_SOURCES, SCORED_CRITERIA, check_criterion, score_all
 from cip.knowledge import History, Turn
 from cip.predictors import Predictor
+from harness.errors import ConfigError
 
 
-class AgentError(ValueError):
+class AgentError(ConfigError):
     """A bad agent setting; the message says what is allowed."""
 
 
@@ -36,19 +37,25 @@ class AgentError(ValueError):
 class AgentConfig:
     """Settings of one agent.
 
-    criterion: cip-paper (mean set size, the paper), cip-code (the reference code's bound), cip-fano (that
-        bound with the empirical miscoverage; our extension), ip (entropy),
+    criterion: cip-floor (the default: the paper's mean set size with an empty simulated set counted as the
+        current set; our extension), cip-selffano (Fano with the predictor's own miscoverage; ours),
+        cip-paper (mean set size, the paper), cip-code (the reference code's bound), cip-fano (that
+        bound with the empirical miscoverage; ours), ip (entropy),
         random, direct (the LLM proposes the next question; needs a querier).
     n_est / est_source: estimation samples per step (4 in 20Q, 12 in MediQ); prior = the reference code.
     max_queries, stop_singleton, stop_epsilon: stopping rules (epsilon 0 = off).
     top_k: how many top probabilities each trace step keeps.
     tie_break: first = argmin's first minimum (the reference code); random = uniform among the minima
         (set sizes are integers, so ties are common with few estimation samples).
+    alpha_n_correction: cip-code's alpha_n = alpha - 1/(n_est+1) (the 20Q reference code); False: alpha_n =
+        alpha (the MediQ reference code, which comments the correction out).
+    est_replacement: estimation samples drawn with replacement (20Q and MediQ C-IP reference code); False:
+        without (the MediQ IP baseline of the reference code).
     nonempty_sets: when scoring candidates, every simulated set also holds its top label (our extension; the
         paper's sets may be empty, and an empty set scores as the best possible outcome).
     """
 
-    criterion: str = "cip-code"
+    criterion: str = DEFAULT_CRITERION
     alpha: float = 0.1
     n_est: int = 4
     est_source: str = "prior"
@@ -59,6 +66,8 @@ class AgentConfig:
     record_candidates: bool = True
     tie_break: str = "first"
     nonempty_sets: bool = False
+    alpha_n_correction: bool = True
+    est_replacement: bool = True
 
     def __post_init__(self) -> None:
         check_criterion(self.criterion)
@@ -86,7 +95,7 @@ class Agent:
             if abs(thresholds.alpha - config.alpha) > 1e-12:
                 raise AgentError(f"The thresholds were set for alpha={thresholds.alpha} but the agent uses alpha="
                                  f"{config.alpha}; pass thresholds.with_alpha({config.alpha}) or the same alpha.")
-        elif config.criterion in ("cip-paper", "cip-code", "cip-fano"):
+        elif config.criterion in SCORED_CRITERIA and config.criterion != "ip":
             raise AgentError(f"The {config.criterion} criterion needs conformal thresholds; run `cip calibrate` "
                              "or pass thresholds.")
         self.thresholds = thresholds
@@ -104,7 +113,8 @@ class Agent:
                          rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Every scored criterion for every candidate (one predictor call for the whole step)."""
         cfg = self.config
-        items, weights = self.env.estimation_items(rng, cfg.n_est, cfg.est_source, posterior)
+        items, weights = self.env.estimation_items(rng, cfg.n_est, cfg.est_source, posterior,
+                                                   replacement=cfg.est_replacement)
         est_labels = np.array([self.env.label_of(x) for x in items])
         contexts = [self.env.context(x) for x in items]
         requests: dict[tuple, int] = {}
@@ -123,7 +133,9 @@ class Agent:
         if self.thresholds is not None:
             tau, n_cal = self.thresholds.tau(k + 1), self.thresholds.n_cal
             set_rule = self.thresholds.set_rule
-            scores = score_all(posteriors, weights, est_labels, tau, cfg.alpha, n_cal, set_rule, cfg.nonempty_sets)
+            current = int(self.thresholds.prediction_set(posterior, k).sum())
+            scores = score_all(posteriors, weights, est_labels, tau, cfg.alpha, n_cal, set_rule, cfg.nonempty_sets,
+                               current_size=current, alpha_n_correction=cfg.alpha_n_correction)
         else:
             from cip.criteria import ip_score
 

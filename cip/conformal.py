@@ -31,13 +31,19 @@ from typing import Any
 import numpy as np
 
 from cip.knowledge import History, Turn
+from harness.errors import ConfigError, ThresholdsError
 
 QUANTILE_RULES = ("finite-sample", "plain")
 SET_RULES = (">=", ">")
 
 
-class CalibrationError(ValueError):
-    """A calibration setting or artefact a user can fix; the message says what was wrong."""
+class CalibrationError(ConfigError):
+    """A calibration setting a user can fix; the message says what was wrong."""
+
+
+class ThresholdsFileError(CalibrationError, ThresholdsError):
+    """A thresholds file that is missing, unreadable or does not fit the run (length, predictor, model, label
+    set); the message says how to recalibrate."""
 
 
 def check_alpha(alpha: float) -> float:
@@ -142,7 +148,7 @@ class ConformalThresholds:
         if list(labels) != list(self.labels):
             extra = sorted(set(labels) - set(self.labels))[:5]
             missing = sorted(set(self.labels) - set(labels))[:5]
-            raise CalibrationError(
+            raise ThresholdsFileError(
                 f"These thresholds were calibrated for another label set ({len(self.labels)} labels, model "
                 f"{self.model!r}); this game has {len(labels)} labels (new: {extra}, missing: {missing}"
                 f"{', or a different order' if not extra and not missing else ''}). Recalibrate with "
@@ -170,15 +176,16 @@ class ConformalThresholds:
         """Load thresholds; with ``labels``, refuse a file calibrated for another label set."""
         path = Path(path)
         if not path.is_file():
-            raise CalibrationError(f"Thresholds file not found: {path}. Create it with `cip calibrate`.")
+            raise ThresholdsFileError(f"Thresholds file not found: {path}. Create it with `cip calibrate`.")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
             obj = cls(alpha=float(data["alpha"]) if alpha is None else alpha, scores=data["scores"],
                       labels=list(data["labels"]), quantile_rule=data.get("quantile_rule", "finite-sample"),
                       set_rule=data.get("set_rule", ">="), model=data.get("model", ""),
                       seed=int(data.get("seed", 0)), metadata=data.get("metadata", {}))
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
-            raise CalibrationError(f"{path} is not a thresholds file written by `cip calibrate` ({err!r}).") from err
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # JSON, UTF-8 and shape problems
+            raise ThresholdsFileError(f"{path} is not a thresholds file written by `cip calibrate` "
+                                      f"({type(err).__name__}: {str(err)[:80]}).") from err
         if labels is not None:
             obj.check_labels(labels)
         return obj

@@ -15,6 +15,12 @@ posteriors p_i = f(S_k + (q, a_i))), with C_i = {y : p_{i,y} >= tau_{k+1}}:
   e * mean_{not I} log2(|Y| - |C_i|). The fixed-alpha forms reward questions that leave every simulated set
   empty (nothing learned, tau above every probability): ``cip-code`` then scores h_b(alpha) +
   alpha * log2|Y|, its best value, and ``cip-paper`` log2(0). With e = 1 that case scores log2|Y|, its worst.
+* ``cip-floor`` (our extension, the default; derivation in docs/cip.md): the paper's objective with every
+  empty simulated set counted as the current step's set C_k (|Y| if that is empty too): an answer that
+  empties the set has taught nothing the conformal procedure can act on. Equal to ``cip-paper`` whenever no
+  simulated set is empty; label-free. Ties (integer sizes) go to the lower expected entropy (weight 1e-6).
+* ``cip-selffano`` (our extension): Fano's bound per simulated posterior with its own miscoverage of its set,
+  e_i = 1 - p_i(C_i): h_b(e_i) + (1 - e_i) log2|C_i| + e_i log2(|Y| - |C_i|), averaged; label-free.
 * ``ip`` (the IP baseline, ``compute_entropy_formula``): mean entropy in bits, probabilities clamped at 1e-5.
 
 All are minimised. Means are weighted by w_i (uniform for sampled estimation examples).
@@ -26,12 +32,17 @@ import math
 
 import numpy as np
 
-SCORED_CRITERIA = ("cip-paper", "cip-code", "cip-fano", "ip")
+from harness.errors import ConfigError
+
+SCORED_CRITERIA = ("cip-floor", "cip-paper", "cip-code", "cip-fano", "cip-selffano", "ip")
 ALL_CRITERIA = (*SCORED_CRITERIA, "random", "direct")
+# The default criterion of the agent, `cip play` and the first of `cip eval`'s methods: the C-IP variant that
+# measures best (docs/cip.md, "Which C-IP variant is the default").
+DEFAULT_CRITERION = "cip-floor"
 ESTIMATION_SOURCES = ("prior", "posterior", "exhaustive")
 
 
-class CriterionError(ValueError):
+class CriterionError(ConfigError):
     """An unknown criterion or estimation setting; the message lists what is allowed."""
 
 
@@ -100,9 +111,10 @@ def _fano_terms(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.ndar
 
 
 def cip_code_score(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.ndarray, tau: float, alpha: float,
-                   set_rule: str = ">=", nonempty: bool = False) -> np.ndarray:
-    """The reference code's Fano-style bound (see the module docstring)."""
-    alpha_n = alpha - 1.0 / (posteriors.shape[-2] + 1)
+                   set_rule: str = ">=", nonempty: bool = False, alpha_n_correction: bool = True) -> np.ndarray:
+    """The reference code's Fano-style bound (see the module docstring). ``alpha_n_correction=False``:
+    alpha_n = alpha, as the reference MediQ code computes it."""
+    alpha_n = alpha - 1.0 / (posteriors.shape[-2] + 1) if alpha_n_correction else alpha
     _, _, inside, outside = _fano_terms(posteriors, weights, est_labels, tau, set_rule, nonempty)
     return binary_entropy(alpha) + (1 - alpha_n) * inside + alpha * outside
 
@@ -116,6 +128,44 @@ def cip_fano_score(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.n
     return hb + (1 - miss) * inside + miss * outside
 
 
+FLOOR_TIE_WEIGHT = 1e-6
+
+
+def floored_set_sizes(posteriors: np.ndarray, tau: float, floor: float, set_rule: str = ">=") -> np.ndarray:
+    """|C_i| with an empty simulated set counted as ``floor`` (the current set's size: an answer that empties
+    the set has told us nothing we can act on, so the set we would answer with is still the current one)."""
+    sizes = set_sizes(posteriors, tau, set_rule).astype(float)
+    return np.where(sizes > 0, sizes, float(floor))
+
+
+def cip_floor_score(posteriors: np.ndarray, weights: np.ndarray, tau: float, alpha: float, n_cal: int,
+                    current_size: float, set_rule: str = ">=") -> np.ndarray:
+    """The paper's objective lambda_alpha + (1 - alpha_N) log2 E[|C|] with every empty simulated set replaced
+    by the current step's set (size ``current_size``; |Y| when that is empty too). Our extension: the default
+    criterion (see docs/cip.md for the derivation). Label-free, so prior-drawn estimation labels do no harm."""
+    n_labels = posteriors.shape[-1]
+    alpha_n = alpha - 1.0 / (n_cal + 1)
+    lam = binary_entropy(alpha) + alpha * math.log2(n_labels) - (1 - alpha_n) * math.log2(1 - alpha)
+    floor = current_size if current_size > 0 else n_labels
+    size = (floored_set_sizes(posteriors, tau, floor, set_rule) * weights).sum(axis=-1)
+    # Set sizes are integers, so candidates tie often; ties go to the lower expected entropy (the quantity the
+    # bound bounds). The weight keeps this below any difference in expected set size (>= 1/n_est in E|C|).
+    return lam + (1 - alpha_n) * np.log2(np.maximum(size, 1.0)) + FLOOR_TIE_WEIGHT * ip_score(posteriors, weights)
+
+
+def cip_selffano_score(posteriors: np.ndarray, weights: np.ndarray, tau: float, set_rule: str = ">=") -> np.ndarray:
+    """Fano's bound per simulated posterior with the predictor's own miscoverage e_i = 1 - p_i(C_i):
+    h_b(e_i) + (1 - e_i) log2|C_i| + e_i log2(|Y| - |C_i|), averaged (our extension; label-free)."""
+    n_labels = posteriors.shape[-1]
+    member = set_membership(posteriors, tau, set_rule)
+    sizes = member.sum(axis=-1).astype(float)
+    miss = np.clip(1.0 - (posteriors * member).sum(axis=-1), 0.0, 1.0)
+    hb = np.where((miss > 0) & (miss < 1), -(np.clip(miss, 1e-12, 1) * np.log2(np.clip(miss, 1e-12, 1))
+                                           + np.clip(1 - miss, 1e-12, 1) * np.log2(np.clip(1 - miss, 1e-12, 1))), 0.0)
+    bound = hb + (1 - miss) * np.log2(np.maximum(sizes, 1)) + miss * np.log2(np.maximum(n_labels - sizes, 1))
+    return (bound * weights).sum(axis=-1)
+
+
 def ip_score(posteriors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mean entropy in bits of the simulated posteriors (IP), probabilities clamped at 1e-5."""
     p = np.clip(posteriors, 1e-5, None)
@@ -124,19 +174,26 @@ def ip_score(posteriors: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def score_all(posteriors: np.ndarray, weights: np.ndarray, est_labels: np.ndarray, tau: float, alpha: float,
-              n_cal: int, set_rule: str = ">=", nonempty: bool = False) -> dict[str, np.ndarray]:
-    """Every scored criterion (and the raw mean set size) for ``posteriors [Q, n, |Y|]``."""
+              n_cal: int, set_rule: str = ">=", nonempty: bool = False, current_size: float | None = None,
+              alpha_n_correction: bool = True) -> dict[str, np.ndarray]:
+    """Every scored criterion (and the raw mean set size) for ``posteriors [Q, n, |Y|]``. ``current_size`` is
+    |C_k| of the current step (for ``cip-floor``; |Y| when not given)."""
+    n_labels = posteriors.shape[-1]
     return {
+        "cip-floor": cip_floor_score(posteriors, weights, tau, alpha, n_cal,
+                                     n_labels if current_size is None else current_size, set_rule),
+        "cip-selffano": cip_selffano_score(posteriors, weights, tau, set_rule),
         "cip-paper": cip_paper_score(posteriors, weights, tau, alpha, n_cal, set_rule, nonempty),
-        "cip-code": cip_code_score(posteriors, weights, est_labels, tau, alpha, set_rule, nonempty),
+        "cip-code": cip_code_score(posteriors, weights, est_labels, tau, alpha, set_rule, nonempty,
+                                   alpha_n_correction),
         "cip-fano": cip_fano_score(posteriors, weights, est_labels, tau, set_rule, nonempty),
         "ip": ip_score(posteriors, weights),
         "mean-set-size": mean_set_size(posteriors, weights, tau, set_rule, nonempty),
     }
 
 
-def draw_estimation_labels(rng: np.random.Generator, n_est: int, source: str, posterior: np.ndarray
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def draw_estimation_labels(rng: np.random.Generator, n_est: int, source: str, posterior: np.ndarray,
+                           replacement: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The estimation samples' labels and weights.
 
     * ``prior`` (reference code): n_est labels drawn uniformly with replacement, weight 1/n_est.
@@ -144,7 +201,9 @@ def draw_estimation_labels(rng: np.random.Generator, n_est: int, source: str, po
     * ``exhaustive``: every label once, weighted by f(S_k) (the exact expectation under the predictor).
     """
     n_labels = posterior.shape[-1]
-    if source == "prior":
+    if source == "prior" and not replacement and n_est <= n_labels:
+        labels = rng.choice(n_labels, size=n_est, replace=False)
+    elif source == "prior":
         labels = rng.integers(n_labels, size=n_est)
     elif source == "posterior":
         p = posterior / posterior.sum()

@@ -28,11 +28,12 @@ import numpy as np
 
 from cip.criteria import draw_estimation_labels
 from cip.knowledge import NO, UNKNOWN, YES, History, KnowledgeBase, answer_polarity
+from harness.errors import DataFileError
 
 CANNOT_ANSWER = "The patient cannot answer that."
 
 
-class EnvironmentSetupError(ValueError):
+class EnvironmentSetupError(DataFileError):
     """Bad environment input; the message says what was wrong and what to do."""
 
 
@@ -201,8 +202,8 @@ class TwentyQuestions:
         return self.answers([item], query)[0]
 
     def estimation_items(self, rng: np.random.Generator, n_est: int, source: str, posterior: np.ndarray,
-                         ) -> tuple[list[int], np.ndarray]:
-        labels, weights = draw_estimation_labels(rng, n_est, source, posterior)
+                         replacement: bool = True) -> tuple[list[int], np.ndarray]:
+        labels, weights = draw_estimation_labels(rng, n_est, source, posterior, replacement)
         return [int(y) for y in labels], weights
 
 
@@ -241,7 +242,8 @@ def fact_to_question(fact: str) -> str:
     return f"Could you tell me about this: {topic}?"
 
 
-def _parse_case(row: dict[str, Any], specialty: str = "") -> MediQCase:
+def _parse_case(row: dict[str, Any], specialty: str = "", path: str | Path | None = None,
+                line: int | None = None) -> MediQCase:
     def as_obj(value: Any) -> Any:
         if isinstance(value, str) and value[:1] in "[{":
             try:
@@ -258,12 +260,13 @@ def _parse_case(row: dict[str, Any], specialty: str = "") -> MediQCase:
                          options={str(k): str(v) for k, v in options.items()}, answer_idx=str(row["answer_idx"]),
                          initial_info=str(context[0]) if context else "", facts=[f for f in facts if f],
                          specialty=str(row.get("specialty", specialty) or specialty))
-    except (KeyError, TypeError, IndexError, AttributeError) as err:
-        raise EnvironmentSetupError(f"MediQ row is missing or mangles a field ({err!r}); expected question, "
-                                f"context, options, answer_idx and facts.") from err
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError, SyntaxError) as err:
+        raise EnvironmentSetupError(f"MediQ row is missing or mangles a field ({type(err).__name__}: "
+                                    f"{str(err)[:60]}); expected question, context, options, answer_idx and facts.",
+                                    path=path, line=line) from err
     if case.answer_idx not in case.options:
         raise EnvironmentSetupError(f"MediQ case {case.id}: answer_idx {case.answer_idx!r} is not an option "
-                                f"({sorted(case.options)}).")
+                                    f"({sorted(case.options)}).", path=path, line=line)
     return case
 
 
@@ -273,12 +276,27 @@ def load_mediq_jsonl(path: str | Path, limit: int | None = None) -> list[MediQCa
     if not path.is_file():
         raise EnvironmentSetupError(f"MediQ file not found: {path}.")
     cases = []
-    with open(path) as handle:
-        for line in handle:
-            if line.strip():
-                cases.append(_parse_case(json.loads(line)))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise EnvironmentSetupError(f"not a JSON object ({err.msg}, column {err.colno}); each line of a "
+                                                "MediQ .jsonl file must be one case.", path=path, line=number) from err
+                if not isinstance(row, dict):
+                    raise EnvironmentSetupError("not a JSON object; each line must be one case.", path=path,
+                                                line=number)
+                cases.append(_parse_case(row, path=path, line=number))
                 if limit is not None and len(cases) >= limit:
                     break
+    except UnicodeDecodeError as err:
+        raise EnvironmentSetupError(f"not UTF-8 text (byte {err.start}); MediQ files are UTF-8 JSON lines.",
+                                    path=path) from err
+    if not cases:
+        raise EnvironmentSetupError("holds no cases.", path=path)
     return cases
 
 
@@ -292,8 +310,19 @@ def load_mediq_split(data_dir: str | Path, specialty: str, split: int, role: str
         have = sorted(p.name for p in (Path(data_dir) / "splits").glob("*")) if (Path(data_dir) / "splits").is_dir() else []
         raise EnvironmentSetupError(f"MediQ split file not found: {path}. Specialties available: {have}.")
     csv.field_size_limit(10**8)
-    with open(path, newline="") as handle:
-        return [_parse_case(row, specialty) for row in csv.DictReader(handle)]
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            cases = []
+            for row in reader:
+                cases.append(_parse_case(row, specialty, path=path, line=reader.line_num))
+    except UnicodeDecodeError as err:
+        raise EnvironmentSetupError(f"not UTF-8 text (byte {err.start}).", path=path) from err
+    except csv.Error as err:
+        raise EnvironmentSetupError(f"not a readable CSV file ({err}).", path=path) from err
+    if not cases:
+        raise EnvironmentSetupError("holds no cases.", path=path)
+    return cases
 
 
 def _overlap_answer(facts: Sequence[str], query: str, min_overlap: float = 0.3) -> str:
@@ -334,6 +363,7 @@ class MediQ:
     est_cases: list[MediQCase]
     patient: PatientLLM | None = None
     letters: tuple[str, ...] = ("A", "B", "C", "D")
+    max_candidates: int | None = None
 
     def __post_init__(self) -> None:
         if not self.est_cases:
@@ -354,7 +384,11 @@ class MediQ:
 
     def candidate_queries(self, case: MediQCase, history: History, rng: np.random.Generator) -> list[str]:
         asked = {t.question for t in history}
-        return [q for q in case.queries if q not in asked]
+        bank = [q for q in case.queries if q not in asked]
+        if self.max_candidates and len(bank) > self.max_candidates:  # a random subset per step (speed)
+            picks = sorted(rng.choice(len(bank), size=self.max_candidates, replace=False).tolist())
+            return [bank[j] for j in picks]
+        return bank
 
     def answer(self, case: MediQCase, query: str) -> str:
         if query in case.queries:  # the test patient's own fact question: the fact itself (or the patient LLM)
@@ -368,8 +402,11 @@ class MediQ:
         return [self.answer(c, query) for c in cases]
 
     def estimation_items(self, rng: np.random.Generator, n_est: int, source: str, posterior: np.ndarray,
-                         ) -> tuple[list[MediQCase], np.ndarray]:
+                         replacement: bool = True) -> tuple[list[MediQCase], np.ndarray]:
         if source != "prior":
             raise EnvironmentSetupError(f"MediQ estimation samples come from D_est (source 'prior'); got {source!r}.")
-        picks = rng.integers(len(self.est_cases), size=n_est)
+        if not replacement and n_est <= len(self.est_cases):  # the reference MediQ IP baseline
+            picks = rng.choice(len(self.est_cases), size=n_est, replace=False)
+        else:
+            picks = rng.integers(len(self.est_cases), size=n_est)
         return [self.est_cases[i] for i in picks], np.full(n_est, 1.0 / n_est)

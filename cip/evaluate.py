@@ -26,9 +26,28 @@ from cip.conformal import (
     TrajectoryPrefixSampler,
     UniformHistorySampler,
     calibrate,
+    min_calibration_size,
 )
-from cip.criteria import ALL_CRITERIA, SCORED_CRITERIA
+from cip.criteria import ALL_CRITERIA, DEFAULT_CRITERION, SCORED_CRITERIA
 from cip.knowledge import KnowledgeBase
+from harness.config import check_at_least, check_range
+from harness.errors import ConfigError
+
+
+def validate_common(cfg: Any) -> None:
+    """Start-up checks shared by ``cip play``/``calibrate``/``eval`` (before any model loads): every count
+    >= 1 where 0 has no meaning, every probability in range; nothing is reinterpreted."""
+    check_range("alpha", cfg.alpha, 0, 1, low_open=True, high_open=True)
+    check_at_least("n_cal", cfg.n_cal, 1)
+    check_at_least("n_est", cfg.n_est, 1)
+    check_at_least("max_queries", cfg.max_queries, 1)
+    check_at_least("max_candidates", cfg.max_candidates, 1, allow_none=True)
+    check_at_least("batch_size", cfg.batch_size, 1)
+    check_range("table_noise", cfg.table_noise, 0, 0.5, high_open=True)
+    check_at_least("stop_epsilon", getattr(cfg, "stop_epsilon", 0.0), 0.0)
+    if cfg.quantile_rule == "finite-sample" and cfg.n_cal < min_calibration_size(cfg.alpha):
+        raise ConfigError(f"--n_cal {cfg.n_cal} is too small for --alpha {cfg.alpha}: the finite-sample threshold "
+                          f"needs n_cal >= 1/alpha - 1 = {min_calibration_size(cfg.alpha)}; raise one of them.")
 
 
 @dataclass
@@ -55,9 +74,11 @@ class CIPConfig:
     n_candidates: int = 5
     max_candidates: int | None = None
     predictor: str = field(default="auto", metadata={"choices": ["auto", "llm", "table"], "help": (
-        "auto (default): the LLM predictor on --model when that is not the embedded default or when the embedded "
-        "SmolLM2-135M is prepared in the cache; otherwise the exact-Bayes table predictor")})
+        "auto (default): the exact-Bayes table predictor for 20q with the embedded default --model, the LLM "
+        "predictor for MediQ or when --model names another model (never depends on the cache's state)")})
     model: str = "smollm2-135m-instruct"
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "allow a Hub model's own code to run when it is loaded (off by default)"})
     label_style: str = field(default="names", metadata={"choices": ["names", "letters"]})
     table_noise: float = 0.05
     batch_size: int = 64
@@ -70,13 +91,22 @@ class CIPConfig:
         "help": "records.jsonl of a run with the 'direct' method: calibrate on prefixes of its games (eq. 14, "
                 "for open query sets) instead of uniform histories"})
     thresholds: str | None = None
-    methods: list[str] = field(default_factory=lambda: ["cip-code", "cip-paper", "cip-fano", "ip", "random"])
+    methods: list[str] = field(default_factory=lambda: [DEFAULT_CRITERION, *(
+        m for m in ("cip-floor", "cip-selffano", "cip-paper", "cip-code", "ip", "random") if m != DEFAULT_CRITERION)])
     n_est: int = 4
     est_source: str = field(default="prior", metadata={"choices": ["prior", "posterior", "exhaustive"]})
     max_queries: int = 20
     stop_epsilon: float = 0.0
     tie_break: str = field(default="first", metadata={"choices": ["first", "random"]})
     nonempty_sets: bool = False
+    record_candidates: bool = field(default=True, metadata={
+        "help": "keep every candidate's scores in each step of the saved traces (needed for --stop_epsilon "
+                "re-analysis; large files with 40+ candidates)"})
+    ip_no_replacement: bool = field(default=False, metadata={
+        "help": "MediQ IP baseline as the reference code runs it: estimation patients drawn without replacement"})
+    mediq_alpha_n: str = field(default="paper", metadata={"choices": ["paper", "code"], "help": (
+        "alpha_n in the cip-code bound on MediQ: paper = alpha - 1/(n_est+1) (as in 20Q); code = alpha (the "
+        "reference MediQ code comments the correction out)")})
     seeds: list[int] = field(default_factory=lambda: [0])
     n_games: int | None = None
     alphas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4])
@@ -85,48 +115,77 @@ class CIPConfig:
     specialty: str = "neurology"
     split: int = 0
     out_dir: str = "runs/cip_eval"
+    overwrite: bool = field(default=False, metadata={"help": "empty --out_dir first (a run folder made with other "
+                                                             "settings is refused otherwise)"})
     quick: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from cip.conformal import check_alpha
-
-        check_alpha(self.alpha)
+        validate_common(self)
+        if not self.methods:
+            raise ConfigError("--methods is empty; give one or more of " + ", ".join(ALL_CRITERIA) + ".")
         for m in self.methods:
             if m not in ALL_CRITERIA:
-                raise ValueError(f"methods: unknown method {m!r}; allowed: {', '.join(ALL_CRITERIA)}.")
-        if self.max_queries < 1:
-            raise ValueError(f"max_queries must be >= 1, got {self.max_queries}.")
+                raise ConfigError(f"--methods {m!r}: unknown method; allowed: {', '.join(ALL_CRITERIA)}.")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"--methods {' '.join(self.methods)}: a method is listed twice.")
+        if not self.seeds:
+            raise ConfigError("--seeds is empty; give one or more integer seeds (e.g. --seeds 0 1 2).")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds {' '.join(map(str, self.seeds))}: a seed is listed twice.")
+        check_at_least("n_games", self.n_games, 1, allow_none=True)
+        check_at_least("n_candidates", self.n_candidates, 1)
+        if not self.alphas:
+            raise ConfigError("--alphas is empty; give miscoverage levels in (0, 1), e.g. --alphas 0.1 0.2.")
+        for a in self.alphas:
+            check_range("alphas", a, 0, 1, low_open=True, high_open=True)
+        check_at_least("split", self.split, 0)
         if self.task == "20q" and self.answerer == "table" and ("direct" in self.methods or self.query_set == "open"):
             raise ValueError("Open questions (query_set open, or the 'direct' method) cannot be answered from the "
                              "knowledge-base table; add --answerer llm.")
 
 
-QUICK_OVERRIDES = dict(kb="everyday", methods=["cip-code", "ip", "random"], n_cal=10, max_queries=3, n_games=5,
-                       max_candidates=16, seeds=[0], alphas=[0.1, 0.2, 0.3, 0.4, 0.5])
+# ``--quick`` (``make demo``): the exact-Bayes predictor, every built-in item, games long enough to finish.
+QUICK_OVERRIDES = dict(kb="everyday", methods=[DEFAULT_CRITERION, *(m for m in ("cip-floor", "cip-selffano", "cip-paper",
+                       "cip-code", "ip", "random") if m != DEFAULT_CRITERION)],
+                       n_cal=100, max_queries=20, n_games=None, max_candidates=None, seeds=[0, 1, 2],
+                       alphas=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5], record_candidates=False)
+# ``--quick`` with an LLM predictor: a pipeline check in minutes on a CPU.
+QUICK_LLM_OVERRIDES = dict(kb="everyday", methods=[DEFAULT_CRITERION, "ip", "random"], n_cal=10, max_queries=3, n_games=5,
+                           max_candidates=16, seeds=[0], alphas=[0.1, 0.2, 0.3, 0.4, 0.5], record_candidates=False)
+# ``--task mediq --quick``: the embedded model on a few Neurology cases (see docs/cip.md for the full cost).
+QUICK_MEDIQ_OVERRIDES = dict(methods=[DEFAULT_CRITERION, "ip"], alpha=0.3, n_cal=10, max_queries=2, n_games=3, n_est=2,
+                             max_candidates=4, seeds=[0], alphas=[0.3, 0.4, 0.5], record_candidates=False)
+
+
+def quick_overrides(cfg: CIPConfig) -> dict[str, Any]:
+    if cfg.task == "mediq":
+        return QUICK_MEDIQ_OVERRIDES
+    return QUICK_LLM_OVERRIDES if resolve_predictor_kind(cfg) == "llm" else QUICK_OVERRIDES
 
 
 def apply_quick(cfg: CIPConfig, explicit: set[str]) -> CIPConfig:
-    """``--quick``: small settings that finish in minutes on 2 CPU cores (explicit options still win)."""
+    """``--quick``: settings that finish in minutes on 2 CPU cores (explicit options still win)."""
     if cfg.quick:
-        for key, value in QUICK_OVERRIDES.items():
+        for key, value in quick_overrides(cfg).items():
             if key not in explicit:
                 setattr(cfg, key, value)
+        validate_common(cfg)
     return cfg
 
 
 # ----------------------------------------------------------------------------------------- building
-def resolve_predictor_kind(cfg: CIPConfig) -> str:
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def resolve_predictor_kind(cfg: Any) -> str:
+    """``auto``: the LLM for MediQ or a non-default ``--model``, else the exact-Bayes table predictor. Never
+    depends on what the cache holds (the same command always runs the same job)."""
     if cfg.predictor != "auto":
         return cfg.predictor
-    if cfg.task == "mediq":
+    if getattr(cfg, "task", "20q") == "mediq":
         return "llm"
-    try:
-        from harness.embedded import is_prepared
-
-        return "llm" if (cfg.model != "smollm2-135m-instruct" or is_prepared()) else "table"
-    except Exception:  # pragma: no cover - harness import problems mean no LLM
-        return "table"
+    return "llm" if cfg.model != DEFAULT_MODEL else "table"
 
 
 @dataclass
@@ -150,15 +209,15 @@ def build(cfg: CIPConfig, backend: Any = None) -> Setup:
     if needs_llm and backend is None:
         from harness.backends import TransformersBackend
 
-        backend = TransformersBackend.from_ref(cfg.model, batch_size=cfg.batch_size)
+        backend = TransformersBackend.from_ref(cfg.model, batch_size=cfg.batch_size,
+                                               trust_remote_code=cfg.trust_remote_code)
     if cfg.task == "mediq":
-        from harness.data import data_dir as dataset_dir
-
-        data_dir = Path(cfg.mediq_dir) if cfg.mediq_dir else dataset_dir("mediq")
+        data_dir = mediq_root(cfg)
         est = load_mediq_split(data_dir, cfg.specialty, cfg.split, "train")
         cal = load_mediq_split(data_dir, cfg.specialty, cfg.split, "cal")
         test = load_mediq_split(data_dir, cfg.specialty, cfg.split, "test")
-        env = MediQ(est, patient=PatientLLM(backend) if cfg.answerer == "llm" else None)
+        env = MediQ(est, patient=PatientLLM(backend) if cfg.answerer == "llm" else None,
+                    max_candidates=cfg.max_candidates)
         predictor = LLMPredictor(backend, MediQPrompt())
 
         def draw(rng: np.random.Generator):
@@ -202,7 +261,9 @@ def trajectory_sampler(path: str | Path, labels: list[str]) -> TrajectoryPrefixS
 
     records = [r for r in read_jsonl(path) if r.get("method") == "direct"]
     if not records:
-        raise ValueError(f"{path} holds no games of the 'direct' method; run `cip eval --methods direct` first.")
+        from harness.errors import DataFileError
+
+        raise DataFileError(f"{path} holds no games of the 'direct' method; run `cip eval --methods direct` first.")
     return TrajectoryPrefixSampler([{"label": labels.index(r["trace"]["true_label"]), "history": r["trace"]["history"]}
                                     for r in records])
 
@@ -215,10 +276,43 @@ def _mediq_fact(cases: list[Any], context: dict[str, Any], query: str) -> str:
     return query
 
 
+def thresholds_path(value: str | Path) -> Path:
+    """``--thresholds`` may name the JSON file or the folder ``cip calibrate`` wrote (its thresholds.json)."""
+    path = Path(value)
+    return path / "thresholds.json" if path.is_dir() else path
+
+
+def predictor_name(cfg: Any) -> str:
+    """The name calibration records for the predictor (``ConformalThresholds.model``), known before loading."""
+    return cfg.model if resolve_predictor_kind(cfg) == "llm" else f"table(noise={cfg.table_noise})"
+
+
+def check_thresholds_fit(th: ConformalThresholds, cfg: Any, labels: list[str], model_name: str,
+                         path: str | Path) -> None:
+    """Refuse a thresholds file that does not fit this run (ThresholdsError naming what differs and how to
+    recalibrate): calibrated for fewer questions than ``max_queries``, another predictor or model, another
+    label set (the label check is :meth:`ConformalThresholds.check_labels`)."""
+    from cip.conformal import ThresholdsFileError
+
+    how = (f"recalibrate with `cip calibrate --kb {getattr(cfg, 'kb', '...')} --predictor "
+           f"{resolve_predictor_kind(cfg)} --max_queries {cfg.max_queries} --out_dir DIR` and pass --thresholds DIR")
+    th.check_labels(labels)
+    if max(th.lengths) < cfg.max_queries:
+        raise ThresholdsFileError(f"{path} was calibrated for histories of up to {max(th.lengths)} questions but "
+                                  f"--max_queries {cfg.max_queries} needs {cfg.max_queries}; {how}.")
+    if th.model and th.model != model_name:
+        raise ThresholdsFileError(f"{path} was calibrated with the predictor {th.model!r}, this run uses "
+                                  f"{model_name!r}; {how}.")
+
+
 def thresholds_for_seed(cfg: CIPConfig, setup: Setup, seed: int, out_dir: Path | None) -> ConformalThresholds:
-    """Load ``cfg.thresholds`` or a cached per-seed file in ``out_dir``, else calibrate (and cache it)."""
+    """Load ``cfg.thresholds`` (refused when it does not fit, see :func:`check_thresholds_fit`) or a cached
+    per-seed file in ``out_dir``, else calibrate (and cache it)."""
     if cfg.thresholds:
-        return ConformalThresholds.load(cfg.thresholds, labels=setup.predictor.labels).with_alpha(cfg.alpha)
+        path = thresholds_path(cfg.thresholds)
+        th = ConformalThresholds.load(path)
+        check_thresholds_fit(th, cfg, list(setup.predictor.labels), setup.model_name, path)
+        return th.with_alpha(cfg.alpha)
     path = out_dir / "thresholds" / f"seed{seed}.json" if out_dir is not None else None
     if path is not None and path.is_file():
         th = ConformalThresholds.load(path, labels=setup.predictor.labels)
@@ -318,8 +412,9 @@ def _safe_alpha(th: ConformalThresholds, alpha: float) -> ConformalThresholds | 
 
 
 def heldout_coverage(setup: Setup, thresholds: ConformalThresholds, alphas: list[float], n: int, max_k: int,
-                     seed: int) -> dict[str, list[float]]:
-    """Coverage on fresh exchangeable histories from the calibration sampler (where the guarantee holds)."""
+                     seed: int, alpha: float | None = None) -> dict[str, Any]:
+    """Coverage on fresh exchangeable histories from the calibration sampler (where the guarantee holds):
+    pooled over k per alpha (``x``, ``y``), and per k at ``alpha`` (``per_k``: k -> coverage, ``n_per_k``)."""
     rng = np.random.default_rng(10_000 + seed)
     examples = [(k, setup.sampler.sample(k, rng)) for k in range(0, max_k + 1) for _ in range(n)]
     probs = setup.predictor.predict([e.history for _, e in examples], [e.context for _, e in examples])
@@ -331,27 +426,107 @@ def heldout_coverage(setup: Setup, thresholds: ConformalThresholds, alphas: list
         hits = [bool(th.prediction_set(p, k)[e.label]) for (k, e), p in zip(examples, probs)]
         xs.append(1 - a)
         ys.append(float(np.mean(hits)))
-    return {"x": xs, "y": ys}
+    out: dict[str, Any] = {"x": xs, "y": ys}
+    th = _safe_alpha(thresholds, alpha if alpha is not None else thresholds.alpha)
+    if th is not None:
+        out["alpha"] = th.alpha
+        out["n_per_k"] = n
+        out["per_k"] = {str(k): float(np.mean([bool(th.prediction_set(p, kk)[e.label])
+                                                for (kk, e), p in zip(examples, probs) if kk == k]))
+                        for k in range(0, max_k + 1)}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ run
-def run_calibrate(cfg: CIPConfig, out_path: str | Path, seed: int | None = None) -> ConformalThresholds:
-    setup = build(cfg)
-    seed = cfg.seeds[0] if seed is None else seed
-    th = calibrate(setup.predictor, setup.sampler, cfg.alpha, cfg.n_cal, cfg.max_queries + 1, seed=seed,
-                   min_length=0, quantile_rule=cfg.quantile_rule, set_rule=cfg.set_rule, model=setup.model_name,
-                   progress=cfg.progress)
-    th.save(out_path)
-    return th
+def mediq_root(cfg: Any) -> Path:
+    """``--mediq_dir``, else the ``mediq`` dataset (``CMIKIT_DATA`` or ``cmikit data fetch mediq``)."""
+    if cfg.mediq_dir:
+        return Path(cfg.mediq_dir)
+    from harness.data import data_dir
+
+    return data_dir("mediq")
+
+
+# Settings that do not change results: not fingerprinted (alphas only shape the summary, recomputed each run).
+RUN_IGNORE = ("out_dir", "progress", "overwrite", "batch_size", "quick", "alphas")
+
+
+def run_inputs(cfg: CIPConfig) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The data files and models a run depends on (hashed into its fingerprint; nothing is loaded)."""
+    files: dict[str, Path] = {}
+    if cfg.task == "mediq":
+        for role in ("train", "cal", "test"):
+            files[f"mediq_{role}"] = mediq_root(cfg) / "splits" / cfg.specialty / f"split{cfg.split}_{role}.csv"
+    else:
+        from cip.knowledge import resolve_kb_path
+
+        files["kb"] = resolve_kb_path(cfg.kb)
+    if cfg.thresholds:
+        files["thresholds"] = thresholds_path(cfg.thresholds)
+    if cfg.trajectories:
+        files["trajectories"] = Path(cfg.trajectories)
+    kind = resolve_predictor_kind(cfg)
+    needs_llm = kind == "llm" or cfg.answerer == "llm" or cfg.query_set == "open" or "direct" in cfg.methods
+    models: dict[str, Any] = {"predictor": cfg.model if kind == "llm" else f"table(noise={cfg.table_noise})"}
+    if needs_llm and kind != "llm":
+        models["answerer/querier"] = cfg.model
+    return files, models
+
+
+def preflight(cfg: Any) -> list[str]:
+    """Check every input file before any model loads or any folder is touched (the knowledge base or MediQ
+    split files parse, a --thresholds file fits); returns the label set."""
+    if getattr(cfg, "task", "20q") == "mediq":
+        from cip.environments import load_mediq_split
+
+        for role in ("train", "cal", "test"):
+            load_mediq_split(mediq_root(cfg), cfg.specialty, cfg.split, role)
+        labels = ["A", "B", "C", "D"]
+    else:
+        labels = list(KnowledgeBase.load(cfg.kb).classes)
+    if getattr(cfg, "thresholds", None):
+        path = thresholds_path(cfg.thresholds)
+        check_thresholds_fit(ConformalThresholds.load(path), cfg, labels, predictor_name(cfg), path)
+    return labels
+
+
+def _open(cfg: CIPConfig, kind: str):
+    from harness.config import config_to_dict
+    from harness.runs import open_run
+
+    preflight(cfg)
+    files, models = run_inputs(cfg)
+    return open_run(cfg.out_dir, kind, config_to_dict(cfg), ignore=RUN_IGNORE, files=files, models=models,
+                    overwrite=cfg.overwrite)
+
+
+def run_calibrate(cfg: CIPConfig, seed: int | None = None) -> tuple[ConformalThresholds, Path]:
+    """``cip calibrate``: thresholds for ``cfg.seeds[0]`` into ``<out_dir>/thresholds.json`` (a run folder)."""
+    with _open(cfg, "cip-calibrate") as run:
+        path = run.path("thresholds.json")
+        if run.resumed and path.is_file():
+            return ConformalThresholds.load(path), path
+        setup = build(cfg)
+        seed = cfg.seeds[0] if seed is None else seed
+        th = calibrate(setup.predictor, setup.sampler, cfg.alpha, cfg.n_cal, cfg.max_queries + 1, seed=seed,
+                       min_length=0, quantile_rule=cfg.quantile_rule, set_rule=cfg.set_rule, model=setup.model_name,
+                       progress=cfg.progress)
+        th.save(path)
+    return th, path
 
 
 def run_eval(cfg: CIPConfig, backend: Any = None) -> dict[str, Any]:
-    """Calibrate per seed, play every (method, seed, item) game through the harness, summarise, plot."""
+    """Calibrate per seed, play every (method, seed, item) game through the harness, summarise, plot. The
+    output folder is opened with :func:`harness.runs.open_run` (refuses other settings, one run at a time)."""
+    with _open(cfg, "cip-eval"):
+        return _run_eval(cfg, backend)
+
+
+def _run_eval(cfg: CIPConfig, backend: Any = None) -> dict[str, Any]:
     from harness.config import config_to_dict
     from harness.evaluation import Task, plot_curves, read_jsonl, run_task
 
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     setup = build(cfg, backend)
     (out_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
     thresholds = {seed: thresholds_for_seed(cfg, setup, seed, out_dir) for seed in cfg.seeds}
@@ -368,7 +543,12 @@ def run_eval(cfg: CIPConfig, backend: Any = None) -> dict[str, Any]:
                 agents[key] = Agent(setup.env, setup.predictor, thresholds[ex["seed"]],
                                     AgentConfig(criterion=ex["method"], alpha=cfg.alpha, n_est=cfg.n_est,
                                                 est_source=cfg.est_source, max_queries=cfg.max_queries,
-                                                tie_break=cfg.tie_break, nonempty_sets=cfg.nonempty_sets),
+                                                tie_break=cfg.tie_break, nonempty_sets=cfg.nonempty_sets,
+                                                record_candidates=cfg.record_candidates,
+                                                alpha_n_correction=not (cfg.task == "mediq"
+                                                                        and cfg.mediq_alpha_n == "code"),
+                                                est_replacement=not (cfg.task == "mediq" and cfg.ip_no_replacement
+                                                                     and ex["method"] == "ip")),
                                     querier=setup.querier)
             item = setup.test_items[ex["index"]]
             trace = agents[key].play(item, seed=1000 * ex["seed"] + ex["index"])
@@ -382,9 +562,21 @@ def run_eval(cfg: CIPConfig, backend: Any = None) -> dict[str, Any]:
     curve = curves(records, cfg.max_queries)
     summary["curves"] = curve
     summary["coverage_vs_1_minus_alpha"] = coverage_vs_alpha(records, thresholds, cfg.alphas)
-    first_seed = cfg.seeds[0]
-    summary["coverage_vs_1_minus_alpha"]["held-out histories"] = heldout_coverage(
-        setup, thresholds[first_seed], cfg.alphas, cfg.n_cal, cfg.max_queries, first_seed)
+    held_by_seed = [heldout_coverage(setup, thresholds[s], cfg.alphas, cfg.n_cal, cfg.max_queries, s, cfg.alpha)
+                    for s in cfg.seeds]
+    held = held_by_seed[0]
+    summary["coverage_vs_1_minus_alpha"]["held-out histories"] = {
+        "x": held["x"], "y": [float(np.mean(v)) for v in zip(*(h["y"] for h in held_by_seed))]}
+    per_k = None
+    if held.get("per_k"):  # mean over the seeds' calibrations (the guarantee is marginal over them)
+        per_k = {k: float(np.mean([h["per_k"][k] for h in held_by_seed])) for k in held["per_k"]}
+    summary["heldout_coverage_per_k"] = {
+        "alpha": cfg.alpha, "n_per_k": len(cfg.seeds) * cfg.n_cal, "n_seeds": len(cfg.seeds), "coverage": per_k,
+        "note": "exchangeable histories drawn like the calibration ones (eq. 13/14): the conformal guarantee "
+                "P(y in C_k) >= 1 - alpha holds here, for each k"}
+    summary["covered_at_k_note"] = (
+        "curves['covered'] and covered@k are measured on the games' own histories, which the agent chose "
+        "adaptively: they are not exchangeable with the calibration histories, so no coverage guarantee applies")
     summary["thresholds"] = {str(s): {str(k): v for k, v in th.taus.items()} for s, th in thresholds.items()}
     summary["predictor"] = setup.model_name
     summary["per_method"] = {

@@ -18,26 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import DataFileError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_KB = DATA_DIR / "everyday_things.json"
 AWA2_FILE = "twenty_questions_awa2_20.json"  # in the awa2 dataset (harness.data)
 KB_ALIASES = {"everyday": DEFAULT_KB, "default": DEFAULT_KB, "awa2": None}  # None: resolved by harness.data
-
-
-def _resolve_kb(path: str | Path) -> Path:
-    if str(path) in KB_ALIASES:
-        from harness.data import data_file
-
-        return KB_ALIASES[str(path)] or data_file("awa2", AWA2_FILE)
-    return Path(path)
 
 YES, NO, UNKNOWN = "Yes.", "No.", "I don't know."
 ANSWER_WORDS = {"y": YES, "yes": YES, "n": NO, "no": NO, "u": UNKNOWN, "unknown": UNKNOWN, "?": UNKNOWN,
                 "dont know": UNKNOWN, "don't know": UNKNOWN, "idk": UNKNOWN}
 
 
-class KnowledgeBaseError(ValueError):
-    """A knowledge base file or value a user can fix; the message says what was wrong."""
+class KnowledgeBaseError(DataFileError):
+    """A knowledge base file or value a user can fix; the message says what was wrong (a
+    :class:`harness.errors.DataFileError`, so the CLIs print it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +44,17 @@ class Turn:
 
 
 History = tuple[Turn, ...]
+
+
+def resolve_kb_path(path: str | Path | None) -> Path:
+    """The file behind a ``--kb`` value: an alias (``everyday``/``default``, ``awa2``) or a path."""
+    if path is None:
+        return Path(DEFAULT_KB)
+    if str(path) in KB_ALIASES:
+        from harness.data import data_file
+
+        return Path(KB_ALIASES[str(path)] or data_file("awa2", AWA2_FILE))
+    return Path(path)
 
 
 def normalize_answer(text: str) -> str:
@@ -129,18 +135,22 @@ class KnowledgeBase:
     @classmethod
     def load(cls, path: str | Path | None = None) -> KnowledgeBase:
         """Load a knowledge base from a JSON path or an alias (``everyday`` = the default, ``awa2``)."""
-        if path is None:
-            path = DEFAULT_KB
-        path = _resolve_kb(path)
-        path = Path(path)
+        path = resolve_kb_path(path)
         if not path.is_file():
             raise KnowledgeBaseError(f"Knowledge base file not found: {path}. Pass a JSON file in the AwA2 format "
                                      f"or one of the aliases {sorted(KB_ALIASES)}.")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise KnowledgeBaseError(f"Knowledge base {path} is not UTF-8 text (byte {err.start}); save it as "
+                                     "UTF-8 JSON.") from err
         except json.JSONDecodeError as err:
-            raise KnowledgeBaseError(f"Knowledge base {path} is not valid JSON: {err}") from err
-        return cls.from_dict(data, name=path.stem)
+            raise KnowledgeBaseError(f"Knowledge base {path} is not valid JSON: {err.msg} at line {err.lineno} "
+                                     f"column {err.colno}.") from err
+        if not isinstance(data, dict):
+            raise KnowledgeBaseError(f"Knowledge base {path} must hold a JSON object with questions, classes and "
+                                     f"answers, got {type(data).__name__}.")
+        return cls.from_dict(data, name=str(path))
 
     def answer(self, label: int, question: str) -> str:
         """The table's answer ("Yes." / "No.") of item ``label`` to a bank question."""

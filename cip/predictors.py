@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from cip.knowledge import History, KnowledgeBase, answer_polarity
+from harness.errors import ConfigError
 
 Messages = list[dict[str, str]]
 
 
-class PredictorError(ValueError):
+class PredictorError(ConfigError):
     """A predictor cannot be built or used as asked; the message says what to change."""
 
 

@@ -12,10 +12,28 @@
 * :mod:`harness.testing` builds tiny random models in memory for unit tests.
 """
 
-from harness.backends import LMBackend, SamplingParams, TransformersBackend, VLLMBackend, make_backend
-from harness.config import ConfigError, parse_config
-from harness.evaluation import Task, bootstrap_ci, plot_curves, run_task, summarize
-from harness.models import MODEL_REGISTRY, ModelLoadError, ModelSpec, load_model, resolve_model_ref
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Lazy attributes (PEP 562): ``import harness.errors`` (every CLI's error boundary) must not import torch and
+# transformers, which costs seconds before a start-up check can answer.
+_LAZY = {
+    "LMBackend": "harness.backends", "SamplingParams": "harness.backends", "TransformersBackend": "harness.backends",
+    "VLLMBackend": "harness.backends", "make_backend": "harness.backends",
+    "ConfigError": "harness.config", "parse_config": "harness.config",
+    "Task": "harness.evaluation", "bootstrap_ci": "harness.evaluation", "plot_curves": "harness.evaluation",
+    "run_task": "harness.evaluation", "summarize": "harness.evaluation",
+    "MODEL_REGISTRY": "harness.models", "ModelLoadError": "harness.models", "ModelSpec": "harness.models",
+    "load_model": "harness.models", "resolve_model_ref": "harness.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")
 
 __all__ = [
     "MODEL_REGISTRY",

@@ -13,6 +13,14 @@ per seed (seeds 0..S-1, thresholds calibrated per seed, N=100, alpha=0.1, 20 que
 the stop, success rate (a correct singleton set is reached) and mean queries to a correct singleton set,
 with 95% bootstrap intervals over games and the per-seed means.
 
+``--kb everyday`` runs ``--part table`` on the built-in knowledge base instead of AwA2.
+
+``--part miscal``: the miscalibration study (issue 8): the exact-Bayes predictor on AwA2 miscalibrated by the
+wrappers of :mod:`cip.miscalibration` (over-confidence, first-label bias, unmodelled answer noise), swept one at
+a time (``MISCAL_LEVELS``); per level: ECE, held-out coverage, and per criterion queries to a correct singleton
+(95% CI), success rate, accuracy after 5/10/20 questions (and its paired difference to IP with a bootstrap
+interval), in-game coverage. ``--plot`` draws it; ``--replot JSON`` redraws a saved run.
+
 Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_cip.py --part all --out runs/bench_cip.json``
 """
 
@@ -79,19 +87,20 @@ def bench_speed(naive_rows: int, batch_size: int) -> dict:
 
 
 def bench_table(seeds: int, n_cal: int, alpha: float, max_queries: int, criteria: list[str],
-                est_source: str, noise: float, tie_break: str = "first", nonempty_sets: bool = False) -> dict:
+                est_source: str, noise: float, tie_break: str = "first", nonempty_sets: bool = False,
+                kb_name: str = "awa2") -> dict:
     from cip.agent import Agent, AgentConfig
     from cip.conformal import UniformHistorySampler, calibrate
     from cip.environments import TwentyQuestions
     from cip.knowledge import KnowledgeBase
     from harness.evaluation import bootstrap_ci
 
-    kb = KnowledgeBase.load("awa2")
+    kb = KnowledgeBase.load(kb_name)
     from cip.predictors import TablePredictor
 
     predictor = TablePredictor(kb, noise=noise)
     env = TwentyQuestions(kb)
-    out: dict = {"setting": {"seeds": seeds, "n_cal": n_cal, "alpha": alpha, "max_queries": max_queries,
+    out: dict = {"setting": {"kb": kb_name, "seeds": seeds, "n_cal": n_cal, "alpha": alpha, "max_queries": max_queries,
                              "est_source": est_source, "table_noise": noise, "n_est": 4, "tie_break": tie_break,
                              "nonempty_sets": nonempty_sets}}
     for criterion in criteria:
@@ -126,9 +135,134 @@ def bench_table(seeds: int, n_cal: int, alpha: float, max_queries: int, criteria
     return out
 
 
+MISCAL_LEVELS = {
+    "temperature": [1.0, 0.7, 0.5, 0.3, 0.1],
+    "first_label_bias": [1.0, 3.0, 10.0, 30.0],
+    "unmodelled_noise": [0.05, 0.1, 0.2, 0.3],
+}
+
+
+def bench_miscalibration(seeds: int, n_cal: int, alpha: float, max_queries: int, criteria: list[str],
+                         est_source: str, kinds: list[str], budgets: tuple[int, ...] = (5, 10, 20)) -> dict:
+    """The miscalibration study (issue 8 item 4): per wrapper and strength, ECE, queries to a correct
+    singleton, accuracy at fixed budgets and coverage (in-game and on held-out exchangeable histories)."""
+    from cip.agent import Agent, AgentConfig
+    from cip.conformal import UniformHistorySampler, calibrate
+    from cip.environments import TwentyQuestions
+    from cip.knowledge import KnowledgeBase
+    from cip.miscalibration import FirstLabelBiasPredictor, TemperedPredictor, noisy_world, predictor_ece
+    from cip.predictors import TablePredictor
+    from harness.evaluation import bootstrap_ci
+
+    kb = KnowledgeBase.load("awa2")
+    out: dict = {"setting": {"kb": "awa2", "seeds": seeds, "n_cal": n_cal, "alpha": alpha,
+                             "max_queries": max_queries, "est_source": est_source, "n_est": 4,
+                             "predictor_noise": 0.05, "world_noise_default": 0.05, "levels": MISCAL_LEVELS}}
+    for kind in kinds:
+        out[kind] = []
+        for level in MISCAL_LEVELS[kind]:
+            row: dict = {"level": level, "ece": [], "criteria": {}}
+            games: dict[str, list[dict]] = {c: [] for c in criteria}
+            heldout: list[float] = []
+            for seed in range(seeds):
+                rho = level if kind == "unmodelled_noise" else 0.05
+                world = noisy_world(kb, rho, seed)
+                predictor = TablePredictor(kb, noise=0.05)
+                if kind == "temperature":
+                    predictor = TemperedPredictor(predictor, level)
+                elif kind == "first_label_bias":
+                    predictor = FirstLabelBiasPredictor(predictor, level)
+                sampler = UniformHistorySampler.from_knowledge_base(world)
+                env = TwentyQuestions(world)
+                row["ece"].append(predictor_ece(predictor, sampler, max_queries, 100, seed))
+                th = calibrate(predictor, sampler, alpha, n_cal, max_queries + 1, seed=seed, min_length=0,
+                               progress=False)
+                rng = np.random.default_rng(30_000 + seed)
+                ex = [(k, sampler.sample(k, rng)) for k in range(max_queries + 1) for _ in range(50)]
+                probs = predictor.predict([e.history for _, e in ex])
+                heldout.append(float(np.mean([th.prediction_set(p, k)[e.label] for (k, e), p in zip(ex, probs)])))
+                for criterion in criteria:
+                    agent = Agent(env, predictor, th, AgentConfig(criterion=criterion, alpha=alpha,
+                                                                  max_queries=max_queries, est_source=est_source,
+                                                                  record_candidates=False))
+                    for item in env.test_items():
+                        trace = agent.play(item, seed=1000 * seed + item)
+                        steps = trace["steps"]
+                        hit = [s["k"] for s in steps if s.get("set") == [trace["true_label"]]]
+                        games[criterion].append({
+                            "k_singleton": hit[0] if hit else None,
+                            "acc": {b: float(steps[min(b, len(steps) - 1)]["correct"]) for b in budgets},
+                            "covered": float(np.mean([s["covered"] for s in steps])),
+                            "set_size": float(np.mean([len(s["set"]) for s in steps]))})
+            row["ece_mean"] = float(np.mean(row["ece"]))
+            row["heldout_coverage"] = float(np.mean(heldout))
+            for criterion, gs in games.items():
+                succ = [g["k_singleton"] for g in gs if g["k_singleton"] is not None]
+                lo, hi = bootstrap_ci(succ) if succ else (float("nan"), float("nan"))
+                row["criteria"][criterion] = {
+                    "n_games": len(gs), "success_rate": len(succ) / len(gs),
+                    "queries_to_correct_singleton": float(np.mean(succ)) if succ else float("nan"),
+                    "queries_ci95": [lo, hi],
+                    **{f"acc@{b}": float(np.mean([g["acc"][b] for g in gs])) for b in budgets},
+                    "in_game_coverage": float(np.mean([g["covered"] for g in gs])),
+                    "mean_set_size": float(np.mean([g["set_size"] for g in gs]))}
+            if "ip" in games:  # paired (same seed and item) differences to IP, with 95% bootstrap intervals
+                rng = np.random.default_rng(0)
+                for criterion, gs in games.items():
+                    if criterion == "ip":
+                        continue
+                    for b in budgets:
+                        diff = np.array([g["acc"][b] - h["acc"][b] for g, h in zip(gs, games["ip"])])
+                        boots = [diff[rng.integers(len(diff), size=len(diff))].mean() for _ in range(2000)]
+                        row["criteria"][criterion][f"acc@{b}_minus_ip"] = {
+                            "mean": float(diff.mean()), "ci95": [float(np.quantile(boots, 0.025)),
+                                                                 float(np.quantile(boots, 0.975))]}
+            out[kind].append(row)
+            cells = "  ".join(f"{c}: q {v['queries_to_correct_singleton']:.2f} succ {v['success_rate']:.2f} "
+                              f"acc@10 {v['acc@10']:.2f}" for c, v in row["criteria"].items())
+            print(f"{kind}={level:g}: ECE {row['ece_mean']:.3f}, held-out coverage {row['heldout_coverage']:.3f} | "
+                  f"{cells}", flush=True)
+    return out
+
+
+def plot_miscalibration(result: dict, path: str | Path) -> None:
+    """One column per wrapper: queries to a correct singleton (successful games) and accuracy after 10 questions
+    against the wrapper's strength (its ECE in the axis label), one line per criterion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in MISCAL_LEVELS if k in result]
+    fig, axes = plt.subplots(2, len(kinds), figsize=(4.5 * len(kinds), 7), squeeze=False)
+    for j, kind in enumerate(kinds):
+        rows = result[kind]
+        for criterion in rows[0]["criteria"]:
+            x = [r["level"] for r in rows]
+            axes[0, j].plot(x, [r["criteria"][criterion]["queries_to_correct_singleton"] for r in rows], "o-",
+                            label=criterion)
+            axes[1, j].plot(x, [r["criteria"][criterion]["acc@10"] for r in rows], "o-", label=criterion)
+        for i, ylab in enumerate(("queries to correct singleton", "accuracy after 10 questions")):
+            eces = ", ".join(f"{r['ece_mean']:.2f}" for r in rows)
+            axes[i, j].set_xlabel(f"{kind} (ECE {eces})", fontsize=8)
+            axes[i, j].set_ylabel(ylab)
+            axes[i, j].grid(alpha=0.3)
+        if kind == "temperature":
+            axes[0, j].invert_xaxis()
+            axes[1, j].invert_xaxis()
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("C-IP vs IP under miscalibration (AwA2 20 classes, table predictor, alpha=0.1)")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["speed", "table", "all"], default="all")
+    parser.add_argument("--part", choices=["speed", "table", "miscal", "all"], default="all")
+    parser.add_argument("--kinds", nargs="+", default=list(MISCAL_LEVELS), help="miscalibration wrappers to sweep")
+    parser.add_argument("--plot", default="", help="--part miscal: where to save the plot (PNG)")
+    parser.add_argument("--replot", default="", help="redraw --plot from this saved --part miscal JSON and exit")
     parser.add_argument("--naive_rows", type=int, default=340, help="rows the naive loop times (scaled to 340)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=5)
@@ -139,6 +273,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--tie_break", default="first", choices=["first", "random"])
     parser.add_argument("--nonempty_sets", action="store_true")
+    parser.add_argument("--kb", default="awa2", help="knowledge base for --part table: awa2 or everyday (built-in)")
     parser.add_argument("--criteria", nargs="+", default=["cip-code", "cip-paper", "ip", "random"])
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0 = torch's default); 1 keeps timings sane on an oversubscribed machine")
@@ -148,10 +283,20 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.replot:
+        plot_miscalibration(json.loads(Path(args.replot).read_text())["miscalibration"], args.plot)
+        print(f"wrote {args.plot}")
+        return
     result: dict = {}
     if args.part in ("table", "all"):
         result["table"] = bench_table(args.seeds, args.n_cal, args.alpha, args.max_queries, args.criteria,
-                                      args.est_source, args.noise, args.tie_break, args.nonempty_sets)
+                                      args.est_source, args.noise, args.tie_break, args.nonempty_sets, args.kb)
+    if args.part == "miscal":
+        result["miscalibration"] = bench_miscalibration(args.seeds, args.n_cal, args.alpha, args.max_queries,
+                                                        args.criteria, args.est_source, args.kinds)
+        if args.plot:
+            plot_miscalibration(result["miscalibration"], args.plot)
+            print(f"wrote {args.plot}")
     if args.part in ("speed", "all"):
         result["speed"] = bench_speed(args.naive_rows, args.batch_size)
         import os

@@ -50,8 +50,8 @@ def test_play_with_scripted_answers_guesses_the_item_and_reprompts_on_bad_input(
     text = out.getvalue()
     assert rc == 0
     assert text.count("is not allowed; answer y (yes), n (no) or u (unknown)") == 2
-    assert "prediction set" in text and "top probabilities" in text
-    assert "My guess: umbrella" in text
+    assert "conformal set" in text and "top:" in text
+    assert "My answer: umbrella" in text
     saved = json.loads(transcript.read_text())
     assert saved["prediction"] == "umbrella" and saved["stop_reason"] == "singleton"
     assert len(saved["turns"]) == person.n_answers
@@ -59,7 +59,7 @@ def test_play_with_scripted_answers_guesses_the_item_and_reprompts_on_bad_input(
     # the next game reuses the calibration cached in $CMIKIT_CACHE
     out2 = io.StringIO()
     assert play([*TABLE, "--transcript", str(transcript)], stdin=Person(kb, "horse", out2), stdout=out2) == 0
-    assert "Loading cached conformal thresholds" in out2.getvalue() and "My guess: horse" in out2.getvalue()
+    assert "Loading cached conformal thresholds" in out2.getvalue() and "My answer: horse" in out2.getvalue()
 
 
 def test_ctrl_c_saves_the_transcript(tmp_path):
@@ -76,7 +76,7 @@ def test_quit_stops_the_game(tmp_path):
     kb = KnowledgeBase.load()
     out = io.StringIO()
     rc = play([*TABLE, "--transcript", str(tmp_path / "q.json")], stdin=Person(kb, "dog", out, quit_after=1), stdout=out)
-    assert rc == 0 and "Stopped." in out.getvalue()
+    assert rc == 0 and "Stopped after 1 answers. Leading candidates:" in out.getvalue()
     assert json.loads((tmp_path / "q.json").read_text())["stop_reason"] == "quit"
 
 
@@ -88,18 +88,23 @@ def test_help_and_bad_commands(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["play", "--help"])
     assert exc.value.code == 0
-    assert "--predictor" in capsys.readouterr().out
+    play_help = capsys.readouterr().out
+    assert "--predictor" in play_help and "--criterion" in play_help
+    for eval_only in ("--methods", "--seeds", "--alphas", "--out_dir", "--n_games", "--mediq_dir"):
+        assert eval_only not in play_help
     assert main(["eval", "--alpha", "1.5"]) == 2
-    assert "strictly between 0 and 1" in capsys.readouterr().err
+    assert "--alpha 1.5: must lie in (0, 1)" in capsys.readouterr().err
     assert main(["eval", "--methods", "direct", "ip"]) == 2
     assert "add --answerer llm" in capsys.readouterr().err
 
 
 def test_calibrate_then_eval_resumes_and_refuses_foreign_thresholds(tmp_path, capsys):
-    th = tmp_path / "th.json"
+    th_dir = tmp_path / "th"
+    th = th_dir / "thresholds.json"
     args = [*TABLE, "--kb", "everyday", "--max_queries", "6"]
-    assert main(["calibrate", *args, "--output", str(th)]) == 0
+    assert main(["calibrate", *args, "--out_dir", str(th_dir)]) == 0
     assert json.loads(th.read_text())["n_cal"] == 30
+    assert json.loads((th_dir / "run.json").read_text())["kind"] == "cip-calibrate"
     out = tmp_path / "run"
     eval_args = [*args, "--methods", "cip-code", "ip", "--n_games", "5", "--thresholds", str(th),
                  "--out_dir", str(out)]
@@ -110,6 +115,9 @@ def test_calibrate_then_eval_resumes_and_refuses_foreign_thresholds(tmp_path, ca
     assert summary["curves"]["acc_cum"]["ip"]["x"] == list(range(7))
     held = summary["coverage_vs_1_minus_alpha"]["held-out histories"]
     assert all(c >= x - 0.1 for x, c in zip(held["x"], held["y"]))  # exchangeable histories are covered
+    per_k = summary["heldout_coverage_per_k"]
+    assert sorted(per_k["coverage"], key=int) == [str(k) for k in range(7)] and "guarantee" in per_k["note"]
+    assert "no coverage guarantee applies" in summary["covered_at_k_note"]
     for png in ("accuracy_vs_k.png", "set_size_vs_k.png", "coverage_vs_1_minus_alpha.png"):
         assert (out / png).stat().st_size > 1000
     lines = (out / "records.jsonl").read_text().splitlines()
@@ -128,12 +136,36 @@ def test_calibrate_then_eval_resumes_and_refuses_foreign_thresholds(tmp_path, ca
 
 def test_quick_preset_is_small_and_explicit_options_win():
     from cip.cli import _explicit_keys
+    from cip.criteria import DEFAULT_CRITERION
     from cip.evaluate import CIPConfig, apply_quick
     from harness.config import parse_config
 
     argv = ["--quick", "--n_games", "2"]
     cfg = apply_quick(parse_config(CIPConfig, argv), _explicit_keys(argv))
-    assert cfg.n_games == 2 and cfg.n_cal == 10 and cfg.max_queries == 3 and cfg.max_candidates == 16
-    assert cfg.methods == ["cip-code", "ip", "random"] and cfg.kb == "everyday"
+    # the table predictor whatever the cache holds: games long enough to finish, every method
+    assert cfg.predictor == "auto" and cfg.n_games == 2 and cfg.n_cal == 100 and cfg.max_queries == 20
+    assert cfg.methods[0] == DEFAULT_CRITERION and {"ip", "random", "cip-paper", "cip-code"} <= set(cfg.methods)
+    llm_argv = ["--quick", "--predictor", "llm"]
+    llm = apply_quick(parse_config(CIPConfig, llm_argv), _explicit_keys(llm_argv))
+    assert llm.n_cal == 10 and llm.max_queries == 3 and llm.max_candidates == 16
     plain = apply_quick(parse_config(CIPConfig, []), set())
-    assert plain.n_cal == 100 and plain.max_candidates is None
+    assert plain.n_cal == 100 and plain.max_candidates is None and plain.methods[0] == DEFAULT_CRITERION
+    mediq_argv = ["--quick", "--task", "mediq"]
+    mediq = apply_quick(parse_config(CIPConfig, mediq_argv), _explicit_keys(mediq_argv))
+    assert (mediq.n_games, mediq.max_queries, mediq.n_est, mediq.max_candidates, mediq.n_cal) == (3, 2, 2, 4, 10)
+    assert mediq.methods == [DEFAULT_CRITERION, "ip"]
+
+
+def test_demo_job_does_not_depend_on_the_model_cache(monkeypatch):
+    """`make demo` (`cip eval --quick`) runs the table predictor whether or not the embedded model is prepared."""
+    import harness.embedded
+    from cip.cli import _explicit_keys
+    from cip.evaluate import CIPConfig, apply_quick, resolve_predictor_kind
+    from harness.config import parse_config
+
+    for prepared in (False, True):
+        monkeypatch.setattr(harness.embedded, "is_prepared", lambda *a, prepared=prepared: prepared)
+        cfg = apply_quick(parse_config(CIPConfig, ["--quick"]), _explicit_keys(["--quick"]))
+        assert resolve_predictor_kind(cfg) == "table" and cfg.max_queries == 20
+    other = parse_config(CIPConfig, ["--model", "some/other-model"])
+    assert resolve_predictor_kind(other) == "llm"  # a model the user names is used
