@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ConfigError
+
 TEXT_COLUMNS = ("query", "prompt", "question", "post", "text", "content")
 
 
-class QueryError(ValueError):
+class QueryError(ConfigError):
     """A query source that cannot be loaded or is empty; the message says what to do."""
 
 
@@ -48,7 +50,10 @@ def _from_rows(rows: Sequence[dict[str, Any]], source: str, column: str | None) 
     for k, row in enumerate(rows):
         text = row.get(col)
         if isinstance(text, str) and text.strip():
-            out.append({"id": str(row.get("id", k)), "query": text.strip()})
+            q = {"id": str(row.get("id", k)), "query": text.strip()}
+            if isinstance(row.get("subset"), str) and row["subset"].strip():
+                q["subset"] = row["subset"].strip()  # e.g. helpful-base: selects the reference HH draw
+            out.append(q)
     return out
 
 
@@ -83,8 +88,8 @@ def _load_hub(source: str, split: str, column: str | None) -> list[dict[str, str
         if name.lower() == "anthropic/hh-rlhf":
             kw = {"data_dir": subset} if subset else {}
             ds = datasets.load_dataset(name, split=split, **kw)
-            return [{"id": f"{subset or 'hh'}-{k}", "query": _first_human_turn(r["chosen"])}
-                    for k, r in enumerate(ds)]
+            return [{"id": f"{subset or 'hh'}-{k}", "query": _first_human_turn(r["chosen"]),
+                     **({"subset": subset} if subset else {})} for k, r in enumerate(ds)]
         if name.lower() == "openai/summarize_from_feedback":
             ds = datasets.load_dataset(name, subset or "comparisons", split=split)
             seen, out = set(), []
