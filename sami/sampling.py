@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ConfigError
 from sami.constitutions import (
     Constitution,
     Principle,
@@ -25,7 +26,6 @@ from sami.constitutions import (
     constitution_set,
     subset_principle,
 )
-from harness.errors import ConfigError
 from sami.prompts import STOP_STRINGS, build_prompt
 
 DATASET_DIR = "dataset"
