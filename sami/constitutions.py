@@ -20,7 +20,6 @@ The built-in texts below are this project's own writing.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -216,13 +215,15 @@ def load_reference_constitutions(path: str | Path) -> list[list[Constitution]]:
     path = Path(path)
     files = sorted(path.glob("*.json"), key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
     if not files or not files[0].is_file():
-        raise ConstitutionError(f"No constitution JSON files found at {path}.")
+        raise ConstitutionError(f"--constitutions {path}: no constitution JSON files found there.")
+    from sami.files import read_json
+
     sets = []
     for f in files:
-        try:
-            data = json.loads(f.read_text())
-        except json.JSONDecodeError as err:
-            raise ConstitutionError(f"{f} is not valid JSON: {err}") from err
+        data = read_json(f, "constitution file")
+        if not isinstance(data, dict):
+            raise ConstitutionError(f"{f}: expected an object with 'positive' and 'negative' constitutions, got "
+                                    f"{type(data).__name__} {str(data)[:40]}.")
         try:
             sets.append(parse_reference_constitution(data))
         except ConstitutionError as err:

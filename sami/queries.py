@@ -15,7 +15,6 @@ iteration; ``offset`` does that).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,30 +53,48 @@ def _from_rows(rows: Sequence[dict[str, Any]], source: str, column: str | None) 
             if isinstance(row.get("subset"), str) and row["subset"].strip():
                 q["subset"] = row["subset"].strip()  # e.g. helpful-base: selects the reference HH draw
             out.append(q)
+    if not out:
+        raise QueryError(f"Query source {source} has no non-empty text in column {col!r}.")
     return out
 
 
 def _load_local(path: Path, column: str | None) -> list[dict[str, str]]:
-    import datasets
+    from harness.errors import DataFileError
+    from sami.files import read_json, read_jsonl, read_text
 
+    if path.is_dir():
+        raise DataFileError("is a folder; give a .json, .jsonl or .csv query file", path=path)
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
+        data = read_json(path, "query file")
         if isinstance(data, dict) and isinstance(data.get("question"), dict):  # reference responses format
-            return [{"id": str(k), "query": v.strip()} for k, v in data["question"].items() if str(v).strip()]
+            return [{"id": str(k), "query": v.strip()} for k, v in data["question"].items()
+                    if isinstance(v, str) and v.strip()]
         if isinstance(data, dict) and isinstance(data.get("queries"), list):
             data = data["queries"]
-        if isinstance(data, list) and data and isinstance(data[0], str):
+        if isinstance(data, list) and data and all(isinstance(q, str) for q in data):
             return [{"id": str(k), "query": q.strip()} for k, q in enumerate(data) if q.strip()]
-        ds = datasets.Dataset.from_list(data) if isinstance(data, list) and data else None
+        if not isinstance(data, list) or not data:
+            raise DataFileError("holds no queries (expected a list of strings or of objects with a text column)",
+                                path=path)
+        rows = data
     elif path.suffix == ".jsonl":
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        rows = read_jsonl(path, "query file")
+        if not rows:
+            raise DataFileError("holds no queries (the file is empty)", path=path)
     elif path.suffix == ".csv":
-        ds = datasets.load_dataset("csv", data_files=str(path), split="train")
+        import csv
+        import io
+
+        rows = list(csv.DictReader(io.StringIO(read_text(path, "query file"))))
+        if not rows:
+            raise DataFileError("holds no queries (no data rows under the header)", path=path)
     else:
         raise QueryError(f"Unsupported query file type {path.suffix!r} ({path}); use .json, .jsonl or .csv.")
-    if ds is None:
-        raise QueryError(f"Query file {path} holds no queries.")
-    return _from_rows(ds.to_list(), str(path), column)
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataFileError(f"item {n + 1} is {type(row).__name__}, not an object with a text column",
+                                path=path, line=n + 1 if path.suffix == ".jsonl" else None)
+    return _from_rows(rows, str(path), column)
 
 
 def _load_hub(source: str, split: str, column: str | None) -> list[dict[str, str]]:

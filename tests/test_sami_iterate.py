@@ -7,6 +7,7 @@ import json
 import pytest
 
 from harness.config import ConfigError, parse_config
+from harness.errors import CmikitError
 from harness.testing import tiny_causal_lm, tiny_tokenizer
 from sami import iterate as iterate_module
 from sami.cli import main as sami_main
@@ -81,9 +82,9 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, monkeypatc
 
 def test_bad_configs_fail_at_start(tiny_run, capsys):
     tmp_path, config = tiny_run
-    with pytest.raises(ConfigError, match="Unknown model alias"):
+    with pytest.raises(CmikitError, match="Unknown model alias"):
         parse_config((IterateConfig, SAMIConfig), ["--config", str(config), "--model", "no-such-model"])
-    with pytest.raises(ConfigError, match="C >= 2"):
+    with pytest.raises(ConfigError, match="n_constitutions 1: must be >= 2"):
         parse_config((IterateConfig, SAMIConfig), ["--config", str(config), "--n_constitutions", "1"])
     with pytest.raises(ConfigError, match="one step count per iteration"):
         parse_config((IterateConfig, SAMIConfig), ["--config", str(config), "--iterations", "3"])
