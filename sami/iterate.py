@@ -51,6 +51,8 @@ class IterateConfig:
     query_column: str | None = field(default=None, metadata={"help": "text column of a local/Hub dataset"})
     queries_per_iteration: int | None = field(
         default=None, metadata={"help": "training queries per iteration (None: all non-held-out queries)"})
+    max_train_items: int | None = field(
+        default=None, metadata={"help": "train on at most this many kept items per iteration (reference HH: 2000)"})
     alternate_queries: bool = field(
         default=False, metadata={"help": "use a different slice of queries each iteration (paper)"})
     heldout_queries: str | None = field(
@@ -105,6 +107,7 @@ class IterateConfig:
         check_source_file("heldout_queries", self.heldout_queries)
         check_at_least("iterations", self.iterations, 1)
         check_at_least("queries_per_iteration", self.queries_per_iteration, 1, allow_none=True)
+        check_at_least("max_train_items", self.max_train_items, 1, allow_none=True)
         if len(self.steps_per_iteration) < self.iterations:
             raise ConfigError(
                 f"--steps_per_iteration {self.steps_per_iteration} lists {len(self.steps_per_iteration)} value(s) "
@@ -287,6 +290,8 @@ class ExpertIteration:
             peft_config = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha,
                                      lora_dropout=self.cfg.lora_dropout, task_type="CAUSAL_LM",
                                      target_modules=list(self.cfg.lora_target_modules))
+        if self.cfg.max_train_items is not None and len(samples) > self.cfg.max_train_items:
+            samples = samples.select(range(self.cfg.max_train_items))
         rows = training_rows(samples, self.cfg.task, self.cfg.prompt_format, shuffle=True, salt=eta)
         trainer = SAMITrainer(model, args, train_dataset=rows, processing_class=tok, peft_config=peft_config)
         last = None
