@@ -97,6 +97,14 @@ def item_prompts(item: dict[str, Any], task: str, fmt: str, shuffle: bool = Fals
                          item["query"], fmt) for i, st in enumerate(item["statements"])]
 
 
+def process_index() -> int:
+    """This process's rank under ``accelerate launch`` / torchrun (0 otherwise); kept in records to show how the
+    queries were split."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def finished_flags(tokenizer: Any, responses: Sequence[str], max_new_tokens: int) -> list[bool]:
     """Whether each response ended on its own (EOS or stop string) rather than at the length limit."""
     if tokenizer is None:
@@ -133,6 +141,7 @@ def sample_responses(backend: Any, items: Sequence[dict[str, Any]], out_dir: str
             reason = response_filter.reason(responses)
             complete = finished_flags(getattr(backend, "tokenizer", None), responses, sampling.max_new_tokens)
             records.append({**it, "responses": responses, "complete": complete, "kept": reason is None,
+                            "process": process_index(),
                             "drop_reason": reason,
                             "metrics": {"kept": float(reason is None),
                                         "response_chars": sum(len(r) for r in responses) / n}})
