@@ -440,8 +440,16 @@ class SAMITrainer(Trainer):
         if self.args.last_microbatch_gradient_only and self.optimizer is not None:
             self.optimizer.zero_grad()  # research-code quirk: earlier micro-batches' gradients are discarded
         if self.args.schedule == "reference":
-            # The reference divides every micro-batch's loss by the full accumulation, also in a last partial step.
-            self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
+            # The reference divides every micro-batch's loss by the full accumulation, also in a last partial
+            # step; the returned value (only used for the logged loss) is rescaled to the step's real average.
+            actual = self.current_gradient_accumulation_steps
+            full = self.args.gradient_accumulation_steps
+            self.current_gradient_accumulation_steps = full
+            try:
+                loss = super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self.current_gradient_accumulation_steps = actual
+            return loss * (full / actual)
         return super().training_step(model, inputs, num_items_in_batch)
 
     # ------------------------------------------------------------------------- schedule and optimiser
