@@ -111,11 +111,11 @@ def test_shipped_configs_parse(tmp_path):
                                  ["--config", str(root / f"configs/sami/{name}.yaml"), "--bf16", "false"])
         assert cfg.model == model and cfg.steps_per_iteration == [2, 4, 6] and args.learning_rate == 5e-7
         assert cfg.train_from == "base" and not cfg.use_lora
-    # The typo-matching HH config: 1/2/3 optimiser steps of grad_accum 32, schedule over the data, both quirks.
+    # The typo-matching HH config: 2/4/6 optimiser steps of grad_accum 16, schedule over the data, both quirks.
     hh, hh_args = parse_config((IterateConfig, SAMIConfig),
                                ["--config", str(root / "configs/sami/mistral-7b-hh.yaml"), "--bf16", "false"])
-    assert hh.steps_per_iteration == [1, 2, 3] and hh.max_train_items == 2000 and hh.negatives == "random"
-    assert hh_args.gradient_accumulation_steps == 32 and hh_args.schedule == "reference"
+    assert hh.steps_per_iteration == [2, 4, 6] and hh.max_train_items == 2000 and hh.negatives == "random"
+    assert hh_args.gradient_accumulation_steps == 16 and hh_args.schedule == "reference"
     assert hh_args.lr_zero_first_step and hh_args.last_microbatch_gradient_only and hh_args.max_grad_norm == 1.0
     assert hh_args.weight_decay == 0.01 and hh_args.weight_decay_params == "all" and hh_args.mask_eos
     kinds = {p.stem: str(load_config_from_file(str(p)).distributed_type)
