@@ -316,7 +316,9 @@ class ExpertIteration:
         summary_file = out / "summary.json"
         if (out / DONE).exists():
             summary = json.loads(summary_file.read_text())
-            if self.cfg.judge_model and eta > 0 and "win_rate_vs_base" not in summary:
+            if self.cfg.judge_model and eta > 0 and "win_rate_vs_base" in summary:
+                self._judge(eta, check_only=True)  # refuses a rerun with other judge settings
+            elif self.cfg.judge_model and eta > 0:
                 # A judge added to a finished run (e.g. rerun with --judge_model): judge the saved responses.
                 summary["win_rate_vs_base"] = self._judge(eta)
                 if _state().is_main_process:
@@ -338,7 +340,28 @@ class ExpertIteration:
         _state().wait_for_everyone()
         return summary
 
-    def _judge(self, eta: int) -> dict[str, Any]:
+    def _judge_run(self, eta: int):
+        """The judge folder of iteration ``eta`` opened as a run of its own (judge settings fingerprinted)."""
+        from harness.runs import model_identity, open_run
+
+        length_ref = self.cfg.length_tokenizer or self.cfg.model
+        settings = {"judge_model": self.cfg.judge_model, "judge_mode": self.cfg.judge_mode,
+                    "judge_order": self.cfg.judge_order, "length_tokenizer": length_ref}
+        return open_run(self.iteration_dir(eta) / "judge", "sami-iterate-judge", settings,
+                        models={"judge": model_identity(self.cfg.judge_model),
+                                "length_tokenizer": model_identity(length_ref)},
+                        main_process=_state().is_main_process)
+
+    def check_judges(self) -> None:
+        """Refuse, before anything is written, a rerun whose judge settings differ from a judged iteration's."""
+        if not self.cfg.judge_model:
+            return
+        for eta in range(1, self.cfg.iterations + 1):
+            if (self.iteration_dir(eta) / "judge" / "run.json").is_file():
+                with self._judge_run(eta):
+                    pass
+
+    def _judge(self, eta: int, check_only: bool = False) -> dict[str, Any] | None:
         from harness.backends import make_backend
         from harness.evaluation import read_jsonl
         from sami.judge import judge_pairs, load_length_tokenizer
@@ -354,11 +377,18 @@ class ExpertIteration:
                 pairs.append({"id": k, "query": r["query"], "constitution": Constitution(tuple(pos)).render(),
                               "candidate": r["responses"][0], "baseline": base[k]["responses"][0]})
         length_ref = self.cfg.length_tokenizer or self.cfg.model
-        length_tok = load_length_tokenizer(length_ref, self.cfg.trust_remote_code)
-        judge = make_backend(self.cfg.backend, self.cfg.judge_model, trust_remote_code=self.cfg.trust_remote_code)
-        return judge_pairs(judge, pairs, self.iteration_dir(eta) / "judge", task=self.cfg.task,
-                           mode=self.cfg.judge_mode, order=self.cfg.judge_order, length_tokenizer=length_tok,
-                           length_unit=f"tokens:{length_ref}")
+        # The judge's settings are not part of the run's identity (a judge can be added to a finished run);
+        # its own folder is, so a rerun with another judge, mode, order or length tokenizer is refused there.
+        with self._judge_run(eta):
+            _state().wait_for_everyone()
+            if check_only:
+                return None
+            length_tok = load_length_tokenizer(length_ref, self.cfg.trust_remote_code)
+            judge = make_backend(self.cfg.backend, self.cfg.judge_model,
+                                 trust_remote_code=self.cfg.trust_remote_code)
+            return judge_pairs(judge, pairs, self.iteration_dir(eta) / "judge", task=self.cfg.task,
+                               mode=self.cfg.judge_mode, order=self.cfg.judge_order, length_tokenizer=length_tok,
+                               length_unit=f"tokens:{length_ref}")
 
     # ------------------------------------------------------------------------------------- run
     def run(self, progress: bool = True) -> dict[str, Any]:
@@ -424,6 +454,8 @@ ITERATE_IGNORE = (
     "dataloader_prefetch_factor", "skip_memory_metrics", "include_num_input_tokens_seen", "trackio_space_id",
     "trackio_bucket_id", "trackio_static_space_id", "resume_from_checkpoint", "ddp_timeout",
     "generation_batch_size", "eval_batch_size", "per_device_eval_batch_size", "torch_empty_cache_steps",
+    # The judge stage fingerprints its own folder (iteration-η/judge/run.json), so a judge can be added later.
+    "judge_model", "judge_mode", "judge_order", "length_tokenizer",
 )
 SECRET_KEYS = ("hub_token",)
 
@@ -449,10 +481,8 @@ def run_expert_iteration(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str
         raise ConfigError("--learning_rate nan: must be a finite number >= 0.")
     loop = ExpertIteration(cfg, train_args)  # loads queries and constitutions: data errors before any model
     models = {"model": model_identity(cfg.model)}
-    if cfg.judge_model:
-        models["judge"] = model_identity(cfg.judge_model)
-    if cfg.length_tokenizer:
-        models["length_tokenizer"] = model_identity(cfg.length_tokenizer)
+    if not cfg.overwrite:
+        loop.check_judges()  # a rerun with other judge settings is refused before anything is written
     files = local_files(cfg.queries, cfg.heldout_queries,
                         cfg.constitutions if cfg.constitutions != "builtin" else None)
     with open_run(train_args.output_dir, "sami-iterate", run_config(cfg, train_args), ignore=ITERATE_IGNORE,

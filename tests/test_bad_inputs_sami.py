@@ -177,6 +177,16 @@ def test_iterate_rerun_with_other_settings_is_refused(world, tmp_path):
     proc = _sami("iterate", "--config", t / "run.yaml", "--output_dir", out, "--eval_batch_size", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["iterations"][-1]["iteration"] == 1
+    # A judge can be added to a finished run; its settings are then fixed for that run's judge folder.
+    judge = ["--judge_model", t / "tiny-model", "--judge_mode", "generate"]
+    proc = _sami("iterate", "--config", t / "run.yaml", "--output_dir", out, *judge)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = json.loads((out / "results.json").read_text())["iterations"][-1]
+    assert last["win_rate_vs_base"]["length_unit"].startswith("tokens:")
+    before = _snapshot(out)
+    proc = _sami("iterate", "--config", t / "run.yaml", "--output_dir", out, *judge, "--judge_order", "random")
+    assert proc.returncode == 2 and "settings.judge_order" in proc.stderr.splitlines()[-1], proc.stderr
+    assert _snapshot(out) == before
 
 
 # ---------------------------------------------------------------------------------- kill -9 and resume
