@@ -18,11 +18,16 @@ Two sequence layouts give the same matrix (a test checks it):
   instead of C²·(|p| + |y|), and no vocabulary projection over prompts. Needs an attention implementation
   that accepts custom 4D masks (``sdpa`` or ``eager``; not ``flash_attention_2``).
 
-Reference-code differences, as options: ``mask_eos`` (reference masks EOS; here EOS is trained by default),
+Reference-code differences, as options: ``mask_eos`` (``true`` = released ``sami`` and research ``typo`` up to
+2024-04, when the HH results were produced; ``typo`` from 2024-05 scores the first pad = EOS, i.e. trains EOS
+on all but the longest of the C² sequences; here EOS is trained on every response by default),
 ``logprob_reduction`` (``mean`` = released code, ``sum`` = paper Eq. 2). Paper-era quirks of the research
 code, off by default, for ablations: ``lr_zero_first_step`` (linear schedule with one warm-up step, so the
-first optimiser step has lr 0, plus gradient clipping at 1.0) and ``last_microbatch_gradient_only``
-(gradients zeroed before every micro-batch, so only the last one's survives accumulation).
+first optimiser step has lr 0, plus gradient clipping at 1.0), ``last_microbatch_gradient_only`` (gradients
+zeroed before every micro-batch, so only the last one's survives accumulation) and ``schedule="reference"``
+(the schedule spans the whole data with a floor step count; a last partial accumulation step is divided by
+the full accumulation). With all three (and ``weight_decay=0.01``, ``weight_decay_params="all"``) the trainer
+reproduces the research code's loop step for step (``tests/test_sami_reference.py``).
 """
 
 from __future__ import annotations
@@ -58,9 +63,11 @@ class SAMIConfig(TrainingArguments):
             How a response's token log-probs become one entry of the C×C matrix: `"mean"` (released code) or
             `"sum"` (the sequence log-prob of the paper's Eq. 2).
         mask_eos (`bool`, defaults to `False`):
-            Do not train the end-of-sequence token. The reference masks it (and stops generation by string
-            matching); by default the EOS token is appended to every response and trained, so the model learns
-            to stop.
+            Do not train the end-of-sequence token, as the released ``sami`` code and the research code ``typo``
+            up to 2024-04 (when the HH results were produced; generation stops by string matching). ``typo``
+            from 2024-05 scores the first pad token (= EOS) after each response, which trains EOS on every
+            sequence except the longest of the C² (it gets no pad). By default the EOS token is appended to
+            every response and trained, so the model learns to stop.
 
         > Data
 
