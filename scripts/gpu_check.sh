@@ -77,7 +77,7 @@ bf16: false
 gradient_accumulation_steps: 1
 save_strategy: "no"
 YAML
-.venv/bin/accelerate launch --config_file configs/accelerate/fsdp-8gpu.yaml --num_processes "$NPROC" \
+.venv/bin/accelerate launch --config_file configs/accelerate/fsdp-8gpu.yaml --num_processes "$NPROC" --mixed_precision no \
     --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer \
     scripts/train_sami.py --config runs/gpu_check_fsdp/run.yaml --output_dir runs/gpu_check_fsdp/fsdp \
     --per_device_train_batch_size $(( 4 / NPROC ))
