@@ -31,9 +31,18 @@ def _env():
     return env
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _launch_cmd(*flags):
     return [str(ACCELERATE), "launch", *flags, "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", "29531", str(ROOT / "scripts" / "train_sami.py")]
+            "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+            str(ROOT / "scripts" / "train_sami.py")]
 
 
 @pytest.fixture(scope="module")
