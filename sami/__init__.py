@@ -15,16 +15,27 @@ constitution more likely for its own response, a symmetric InfoNCE bound on I(re
 * :mod:`sami.cli`: the ``sami`` command (``iterate``, ``evaluate``, ``judge``).
 """
 
-from sami.constitutions import (
-    Constitution,
-    Principle,
-    builtin_principles,
-    constitution_set,
-    load_reference_constitutions,
-)
-from sami.loss import SAMIInputError, SAMILossOutput, log_mean_mi, sami_loss
-from sami.queries import load_queries
-from sami.trainer import SAMIConfig, SAMIDataCollator, SAMITrainer, logprob_matrix
+from typing import Any
+
+# Names resolve lazily (PEP 562), so ``sami judge --help`` or a start-up error does not import the Trainer.
+_EXPORTS = {
+    "Constitution": "sami.constitutions", "Principle": "sami.constitutions",
+    "builtin_principles": "sami.constitutions", "constitution_set": "sami.constitutions",
+    "load_reference_constitutions": "sami.constitutions",
+    "SAMIInputError": "sami.loss", "SAMILossOutput": "sami.loss", "log_mean_mi": "sami.loss",
+    "sami_loss": "sami.loss", "load_queries": "sami.queries",
+    "SAMIConfig": "sami.trainer", "SAMIDataCollator": "sami.trainer", "SAMITrainer": "sami.trainer",
+    "logprob_matrix": "sami.trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sami' has no attribute {name!r}")
+
 
 __all__ = [
     "Constitution",

@@ -3,9 +3,13 @@
 A :class:`Principle` is a definition plus its antithesis (the paper's principle writer produces both). A
 :class:`Constitution` is an ordered list of principle statements, each either the definition or the
 antithesis. For a task with principles P1..Pk, :func:`constitution_set` builds the C constitutions a query
-is paired with: the all-positive one first, then negatives that flip one or more principles. The reference
-HH code draws the negative at random among "one principle flipped" and "all flipped"; the TL;DR files hold
-one positive and one negative each (:func:`load_reference_constitutions` reads them).
+is paired with: the all-positive one first, then negatives that flip one or more principles. For a query
+from a subset tied to one principle (HH ``helpful-base`` → helpful, ``harmless-base`` → harmless), the
+reference HH code (``typo:experiments/hh-rlhf/generate.py`` with ``CONSTITUTIONS[subset]``) always negates
+that principle, negates each other principle with probability 1/2, and lists the subset's own principle
+last; ``negatives="random"`` does the same (:func:`subset_principle`). Queries without a subset draw a
+random non-empty set of principles to flip. The TL;DR files hold one positive and one negative each
+(:func:`load_reference_constitutions` reads them).
 
 Training prompts list the principles in a shuffled order (reference ``shuffle_principles``); generation
 uses the written order. :meth:`Constitution.render` does both.
@@ -16,14 +20,15 @@ The built-in texts below are this project's own writing.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.errors import ConfigError
 
-class ConstitutionError(ValueError):
+
+class ConstitutionError(ConfigError):
     """A constitution set SAMI cannot use; the message says what was wrong."""
 
 
@@ -76,13 +81,26 @@ def make_constitution(principles: Sequence[Principle], signs: Sequence[bool]) ->
 NEGATIVE_MODES = ("random", "one", "all", "enumerate")
 
 
+def subset_principle(principles: Sequence[Principle], subset: str | None) -> str | None:
+    """The principle a query subset is about: the one whose name starts the subset's name
+    (``helpful-base`` → ``helpful``, ``harmless-base`` → ``harmless``), or None."""
+    if not subset:
+        return None
+    head = str(subset).lower().split("-")[0].split(":")[-1]
+    return next((p.name for p in principles if p.name.lower() == head), None)
+
+
 def constitution_set(principles: Sequence[Principle], n_constitutions: int = 2, negatives: str = "random",
-                     rng: random.Random | None = None) -> list[Constitution]:
+                     rng: random.Random | None = None, own: str | None = None) -> list[Constitution]:
     """The C constitutions for one query: all-positive first, then ``C − 1`` distinct negatives.
 
+    ``own`` names the principle the query's subset is about (see :func:`subset_principle`); with
+    ``negatives="random"`` it is listed last and flipped in every negative (reference HH draw).
+
     ``negatives``:
-      * ``"random"`` (reference HH code): each negative flips a random non-empty subset of principles
-        (with two principles: one flipped or both flipped, as the reference draws it);
+      * ``"random"``: with ``own``, the reference HH draw (``own`` flipped, every other principle flipped with
+        probability 1/2; for C > 2, distinct such patterns drawn uniformly); without ``own``, each negative
+        flips a random non-empty subset of principles (a uniform draw among the 2^k − 1 patterns);
       * ``"one"``: flip exactly one principle (a random one per negative);
       * ``"all"``: flip every principle (the exact complement; needs C = 2);
       * ``"enumerate"``: the first C − 1 sign patterns in a fixed order (deterministic).
@@ -93,8 +111,15 @@ def constitution_set(principles: Sequence[Principle], n_constitutions: int = 2, 
         raise ConstitutionError(f"SAMI needs C >= 2 constitutions per query; got {n_constitutions}.")
     if negatives not in NEGATIVE_MODES:
         raise ConstitutionError(f"Unknown negatives mode {negatives!r}; allowed: {', '.join(NEGATIVE_MODES)}.")
+    if own is not None and negatives == "random":
+        names = [p.name for p in principles]
+        if own not in names:
+            raise ConstitutionError(f"Subset principle {own!r} is not one of the principles {names}.")
+        principles = [p for p in principles if p.name != own] + [principles[names.index(own)]]
     k = len(principles)
     patterns = [tuple(bits) for bits in itertools.product([True, False], repeat=k)][1:]  # all but all-positive
+    if own is not None and negatives == "random":
+        patterns = [pat for pat in patterns if not pat[-1]]  # the subset's own principle is always negated
     if negatives == "one":
         patterns = [tuple(j != i for j in range(k)) for i in range(k)]
     elif negatives == "all":
@@ -190,13 +215,15 @@ def load_reference_constitutions(path: str | Path) -> list[list[Constitution]]:
     path = Path(path)
     files = sorted(path.glob("*.json"), key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
     if not files or not files[0].is_file():
-        raise ConstitutionError(f"No constitution JSON files found at {path}.")
+        raise ConstitutionError(f"--constitutions {path}: no constitution JSON files found there.")
+    from sami.files import read_json
+
     sets = []
     for f in files:
-        try:
-            data = json.loads(f.read_text())
-        except json.JSONDecodeError as err:
-            raise ConstitutionError(f"{f} is not valid JSON: {err}") from err
+        data = read_json(f, "constitution file")
+        if not isinstance(data, dict):
+            raise ConstitutionError(f"{f}: expected an object with 'positive' and 'negative' constitutions, got "
+                                    f"{type(data).__name__} {str(data)[:40]}.")
         try:
             sets.append(parse_reference_constitution(data))
         except ConstitutionError as err:

@@ -25,7 +25,7 @@ import torch
 
 from sami.loss import log_mean_mi, sami_loss
 from sami.prompts import STOP_STRINGS
-from sami.sampling import ResponseFilter, finished_flags, item_prompts
+from sami.sampling import ResponseFilter, finished_flags, item_prompts, process_index
 from sami.trainer import SAMIDataCollator, logprob_matrix
 
 
@@ -85,6 +85,7 @@ def evaluate_mi(backend: Any, items: Sequence[dict[str, Any]], out_dir: str | Pa
             acc = float((main[b].argmax(-1) == torch.arange(main.shape[-1])).float().mean())
             records.append({
                 "id": it["id"], "query": it["query"], "labels": it["labels"], "responses": it["responses"],
+                "process": process_index(),
                 "logprob_matrix": main[b].tolist(), "response_tokens": mats["lengths"][b].tolist(),
                 "metrics": {"mi_bound": float(per.mi_bound_per_query[b]), "loss": float(per.loss_per_query[b]),
                             "mi_bound_sum": float(per_sum.mi_bound_per_query[b]), "log_mean_mi": float(lmm[b]),

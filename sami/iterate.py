@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from sami.trainer import SAMIConfig
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class IterateConfig:
     query_column: str | None = field(default=None, metadata={"help": "text column of a local/Hub dataset"})
     queries_per_iteration: int | None = field(
         default=None, metadata={"help": "training queries per iteration (None: all non-held-out queries)"})
+    max_train_items: int | None = field(
+        default=None, metadata={"help": "train on at most this many kept items per iteration (reference HH: 2000)"})
     alternate_queries: bool = field(
         default=False, metadata={"help": "use a different slice of queries each iteration (paper)"})
     heldout_queries: str | None = field(
@@ -85,32 +87,36 @@ class IterateConfig:
     judge_mode: str = field(default="logprob", metadata={"help": "logprob or generate"})
     data_seed_offset: int = field(default=0, metadata={"help": "salt for constitution draws"})
 
-    def __post_init__(self) -> None:
-        from harness.models import ModelLoadError, resolve_model_ref
-        from sami.prompts import FORMATS, TASKS
+    judge_order: str = field(default="both", metadata={"help": "A/B order of the judge: both, random, ..."})
+    length_tokenizer: str | None = field(
+        default=None, metadata={"help": "model whose tokenizer counts lengths for the balanced win rate "
+                                        "(None: the policy, as the reference)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow modelling code from the checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "empty a run folder made with other settings"})
 
-        try:
-            resolve_model_ref(self.model)
-        except ModelLoadError as err:
-            raise ConfigError(f"model={self.model!r}: {err}") from err
-        if self.task not in TASKS:
-            raise ConfigError(f"task={self.task!r}; allowed: {', '.join(TASKS)}.")
-        if self.prompt_format not in FORMATS:
-            raise ConfigError(f"prompt_format={self.prompt_format!r}; allowed: {', '.join(FORMATS)}.")
-        if self.n_constitutions < 2:
-            raise ConfigError(f"n_constitutions={self.n_constitutions}: SAMI needs C >= 2 constitutions per query.")
-        if self.iterations < 1:
-            raise ConfigError(f"iterations={self.iterations}: run at least one iteration.")
+    def __post_init__(self) -> None:
+        from harness.config import check_at_least, check_choice
+        from sami.checks import check_common, check_model_ref, check_source_file
+        from sami.judge import MODES, ORDERS
+
+        check_model_ref("model", self.model)
+        check_model_ref("judge_model", self.judge_model, allow_none=True)
+        check_model_ref("length_tokenizer", self.length_tokenizer, allow_none=True)
+        check_common(self)
+        check_source_file("queries", self.queries)
+        check_source_file("heldout_queries", self.heldout_queries)
+        check_at_least("iterations", self.iterations, 1)
+        check_at_least("queries_per_iteration", self.queries_per_iteration, 1, allow_none=True)
+        check_at_least("max_train_items", self.max_train_items, 1, allow_none=True)
         if len(self.steps_per_iteration) < self.iterations:
             raise ConfigError(
-                f"steps_per_iteration={self.steps_per_iteration} lists {len(self.steps_per_iteration)} value(s) "
+                f"--steps_per_iteration {self.steps_per_iteration} lists {len(self.steps_per_iteration)} value(s) "
                 f"for iterations={self.iterations}; give one step count per iteration.")
-        if self.train_from not in ("base", "previous"):
-            raise ConfigError(f"train_from={self.train_from!r}; allowed: base, previous.")
-        if self.backend not in ("transformers", "vllm"):
-            raise ConfigError(f"backend={self.backend!r}; allowed: transformers, vllm.")
-        if self.judge_mode not in ("logprob", "generate"):
-            raise ConfigError(f"judge_mode={self.judge_mode!r}; allowed: logprob, generate.")
+        for steps in self.steps_per_iteration:
+            check_at_least("steps_per_iteration", steps, 1)
+        check_choice("train_from", self.train_from, ("base", "previous"))
+        check_choice("judge_mode", self.judge_mode, MODES)
+        check_choice("judge_order", self.judge_order, ORDERS)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -193,7 +199,8 @@ class ExpertIteration:
             from harness.models import load_model
 
             base, adapter = self.model_ref(eta)
-            model, tok = load_model(base, adapter=adapter, dtype=self.args.model_dtype)
+            model, tok = load_model(base, adapter=adapter, dtype=self.args.model_dtype,
+                                    trust_remote_code=self.cfg.trust_remote_code)
             model = model.merge_and_unload()
             if _state().is_main_process:
                 model.save_pretrained(out)
@@ -209,9 +216,10 @@ class ExpertIteration:
         if self.cfg.backend == "vllm":
             if adapter is not None:
                 base = self._merged(eta)
-            return make_backend("vllm", base)
+            return make_backend("vllm", base, trust_remote_code=self.cfg.trust_remote_code)
         return TransformersBackend.from_ref(base, adapter=adapter, dtype=self.args.model_dtype,
-                                            batch_size=self.cfg.generation_batch_size)
+                                            batch_size=self.cfg.generation_batch_size,
+                                            trust_remote_code=self.cfg.trust_remote_code)
 
     def _sampling(self):
         from harness.backends import SamplingParams
@@ -253,7 +261,8 @@ class ExpertIteration:
         sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
             os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
         model, tok = load_model(base, dtype=self.args.model_dtype, eval_mode=False,
-                                device_map="cpu" if sharded else "accelerate")
+                                device_map="cpu" if sharded else "accelerate",
+                                trust_remote_code=self.cfg.trust_remote_code)
         return model, tok
 
     def train(self, eta: int, samples) -> None:
@@ -281,6 +290,8 @@ class ExpertIteration:
             peft_config = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha,
                                      lora_dropout=self.cfg.lora_dropout, task_type="CAUSAL_LM",
                                      target_modules=list(self.cfg.lora_target_modules))
+        if self.cfg.max_train_items is not None and len(samples) > self.cfg.max_train_items:
+            samples = samples.select(range(self.cfg.max_train_items))
         rows = training_rows(samples, self.cfg.task, self.cfg.prompt_format, shuffle=True, salt=eta)
         trainer = SAMITrainer(model, args, train_dataset=rows, processing_class=tok, peft_config=peft_config)
         last = None
@@ -305,7 +316,9 @@ class ExpertIteration:
         summary_file = out / "summary.json"
         if (out / DONE).exists():
             summary = json.loads(summary_file.read_text())
-            if self.cfg.judge_model and eta > 0 and "win_rate_vs_base" not in summary:
+            if self.cfg.judge_model and eta > 0 and "win_rate_vs_base" in summary:
+                self._judge(eta, check_only=True)  # refuses a rerun with other judge settings
+            elif self.cfg.judge_model and eta > 0:
                 # A judge added to a finished run (e.g. rerun with --judge_model): judge the saved responses.
                 summary["win_rate_vs_base"] = self._judge(eta)
                 if _state().is_main_process:
@@ -327,10 +340,31 @@ class ExpertIteration:
         _state().wait_for_everyone()
         return summary
 
-    def _judge(self, eta: int) -> dict[str, Any]:
+    def _judge_run(self, eta: int):
+        """The judge folder of iteration ``eta`` opened as a run of its own (judge settings fingerprinted)."""
+        from harness.runs import model_identity, open_run
+
+        length_ref = self.cfg.length_tokenizer or self.cfg.model
+        settings = {"judge_model": self.cfg.judge_model, "judge_mode": self.cfg.judge_mode,
+                    "judge_order": self.cfg.judge_order, "length_tokenizer": length_ref}
+        return open_run(self.iteration_dir(eta) / "judge", "sami-iterate-judge", settings,
+                        models={"judge": model_identity(self.cfg.judge_model),
+                                "length_tokenizer": model_identity(length_ref)},
+                        main_process=_state().is_main_process)
+
+    def check_judges(self) -> None:
+        """Refuse, before anything is written, a rerun whose judge settings differ from a judged iteration's."""
+        if not self.cfg.judge_model:
+            return
+        for eta in range(1, self.cfg.iterations + 1):
+            if (self.iteration_dir(eta) / "judge" / "run.json").is_file():
+                with self._judge_run(eta):
+                    pass
+
+    def _judge(self, eta: int, check_only: bool = False) -> dict[str, Any] | None:
         from harness.backends import make_backend
         from harness.evaluation import read_jsonl
-        from sami.judge import judge_pairs
+        from sami.judge import judge_pairs, load_length_tokenizer
 
         base = {r["id"]: r for r in read_jsonl(self.iteration_dir(0) / "eval" / "records.jsonl")}
         cand = {r["id"]: r for r in read_jsonl(self.iteration_dir(eta) / "eval" / "records.jsonl")}
@@ -342,9 +376,19 @@ class ExpertIteration:
                 pos = next(it for it in self.items_for(self.heldout, salt=10_000) if it["id"] == k)["statements"][0]
                 pairs.append({"id": k, "query": r["query"], "constitution": Constitution(tuple(pos)).render(),
                               "candidate": r["responses"][0], "baseline": base[k]["responses"][0]})
-        judge = make_backend(self.cfg.backend, self.cfg.judge_model)
-        return judge_pairs(judge, pairs, self.iteration_dir(eta) / "judge", task=self.cfg.task,
-                           mode=self.cfg.judge_mode, order="both")
+        length_ref = self.cfg.length_tokenizer or self.cfg.model
+        # The judge's settings are not part of the run's identity (a judge can be added to a finished run);
+        # its own folder is, so a rerun with another judge, mode, order or length tokenizer is refused there.
+        with self._judge_run(eta):
+            _state().wait_for_everyone()
+            if check_only:
+                return None
+            length_tok = load_length_tokenizer(length_ref, self.cfg.trust_remote_code)
+            judge = make_backend(self.cfg.backend, self.cfg.judge_model,
+                                 trust_remote_code=self.cfg.trust_remote_code)
+            return judge_pairs(judge, pairs, self.iteration_dir(eta) / "judge", task=self.cfg.task,
+                               mode=self.cfg.judge_mode, order=self.cfg.judge_order, length_tokenizer=length_tok,
+                               length_unit=f"tokens:{length_ref}")
 
     # ------------------------------------------------------------------------------------- run
     def run(self, progress: bool = True) -> dict[str, Any]:
@@ -399,8 +443,49 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
                     title="SAMI expert iteration")
 
 
+# Settings that do not change results: saved in run.json but not fingerprinted. Batch sizes of sampling and
+# evaluation are here because records are kept per query (a resumed run keeps what it has).
+ITERATE_IGNORE = (
+    "output_dir", "overwrite", "disable_tqdm", "logging_steps", "logging_strategy", "logging_first_step",
+    "logging_nan_inf_filter", "log_level", "log_level_replica", "log_on_each_node", "report_to", "run_name",
+    "project", "save_strategy", "save_steps", "save_total_limit", "save_on_each_node", "save_only_model",
+    "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_always_push", "hub_revision",
+    "local_rank", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "skip_memory_metrics", "include_num_input_tokens_seen", "trackio_space_id",
+    "trackio_bucket_id", "trackio_static_space_id", "resume_from_checkpoint", "ddp_timeout",
+    "generation_batch_size", "eval_batch_size", "per_device_eval_batch_size", "torch_empty_cache_steps",
+    # The judge stage fingerprints its own folder (iteration-η/judge/run.json), so a judge can be added later.
+    "judge_model", "judge_mode", "judge_order", "length_tokenizer",
+)
+SECRET_KEYS = ("hub_token",)
+
+
+def run_config(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str, Any]:
+    """The resolved settings of a run (both dataclasses, secrets left out) as saved in ``run.json``."""
+    from harness.config import config_to_dict
+
+    merged = {**config_to_dict(train_args), **config_to_dict(cfg)}
+    return {k: v for k, v in merged.items() if k not in SECRET_KEYS}
+
+
 def run_expert_iteration(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str, Any]:
-    """Run (or resume) the whole loop; see the module docstring."""
+    """Run (or resume) the whole loop; see the module docstring.
+
+    The run folder (``output_dir``) is opened with :func:`harness.runs.open_run` by the main process: a rerun
+    with other settings, data files or models is refused (``--overwrite`` starts over), and one run holds the
+    folder at a time."""
+    from harness.runs import model_identity, open_run
+    from sami.checks import local_files
+
     if math.isnan(train_args.learning_rate):
-        raise ConfigError("learning_rate is NaN.")
-    return ExpertIteration(cfg, train_args).run()
+        raise ConfigError("--learning_rate nan: must be a finite number >= 0.")
+    loop = ExpertIteration(cfg, train_args)  # loads queries and constitutions: data errors before any model
+    models = {"model": model_identity(cfg.model)}
+    if not cfg.overwrite:
+        loop.check_judges()  # a rerun with other judge settings is refused before anything is written
+    files = local_files(cfg.queries, cfg.heldout_queries,
+                        cfg.constitutions if cfg.constitutions != "builtin" else None)
+    with open_run(train_args.output_dir, "sami-iterate", run_config(cfg, train_args), ignore=ITERATE_IGNORE,
+                  files=files, models=models, overwrite=cfg.overwrite, main_process=_state().is_main_process):
+        _state().wait_for_everyone()  # other processes start once the main one holds the folder
+        return loop.run()

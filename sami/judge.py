@@ -9,8 +9,14 @@
 * The A/B position is randomised per item with a fixed seed (``order="random"``, paper), or both orders are
   judged and averaged (``order="both"``, removes position bias).
 * :func:`win_rates` gives the raw win rate and the length-balanced one: the mean of the win rate on items
-  where the candidate is longer and on items where it is shorter (equal lengths count in neither half), as
-  the paper's HH length correction; bootstrap intervals for both.
+  where the candidate is longer than the baseline and on items where it is **not** longer (equal lengths
+  count in the second half), as the paper's HH length correction computed from the released judge outputs
+  (rows of win, baseline length, candidate length; this rule reproduces the published iteration-3 numbers to
+  3 decimals, see docs/sami.md). Lengths are counted in tokens of a named tokenizer, by default the policy's
+  (the reference counts Mistral tokens); every record keeps both lengths and the tokenizer's name.
+* A judge that names the same position (A or B) in >= 95% of its verdicts while both positions were shown is
+  *degenerate* (its win rate is 0.5 by construction, not a measurement): ``win_rates.json`` says so under
+  ``degenerate_judge`` and ``valid: false``, and :func:`judge_pairs` warns on screen.
 
 Runs through the evaluation harness, so records are kept per item and a killed run resumes.
 """
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import ConfigError, DataFileError
 from harness.evaluation import bootstrap_ci
 from sami.prompts import judge_prompt
 
@@ -32,8 +39,11 @@ ORDERS = ("random", "both", "candidate_first", "candidate_second")
 MODES = ("generate", "logprob")
 
 
-class JudgeError(ValueError):
+class JudgeError(ConfigError):
     """Judge input or output that cannot be used; the message says what was wrong."""
+
+
+DEGENERATE_SHARE = 0.95
 
 
 _LETTER = re.compile(r"(?<![A-Za-z])([AB])(?![A-Za-z])")
@@ -69,25 +79,55 @@ def verdict_score(verdict: str | None, candidate_is_a: bool) -> float:
     return 1.0 if (verdict == "A") == candidate_is_a else 0.0
 
 
-def response_length(text: str) -> int:
-    """Length used for the length-balanced win rate: whitespace-separated words."""
-    return len(text.split())
+def response_length(text: str, tokenizer: Any = None) -> int:
+    """Length used for the length-balanced win rate: tokens of ``tokenizer`` (no special tokens), or
+    whitespace-separated words when ``tokenizer`` is None."""
+    if tokenizer is None:
+        return len(text.split())
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def load_length_tokenizer(ref: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model reference (alias, Hub id, folder, .gguf) without loading the weights."""
+    from transformers import AutoTokenizer
+
+    from harness.models import ModelLoadError, resolve_model_ref
+
+    resolved = resolve_model_ref(ref)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if resolved.kind == "embedded":
+        from harness.embedded import prepare_embedded_model
+
+        source = str(prepare_embedded_model())
+    elif resolved.kind == "gguf":
+        source = str(Path(resolved.path).parent)
+        kwargs["gguf_file"] = Path(resolved.path).name
+    else:
+        source = resolved.path
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"Could not load the tokenizer of {ref!r} to count lengths: {err}") from err
 
 
 def win_rates(wins: Sequence[float], len_candidate: Sequence[int], len_baseline: Sequence[int],
               confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Raw and length-balanced win rates with bootstrap intervals (see the module docstring)."""
+    """Raw and length-balanced win rates with bootstrap intervals (see the module docstring).
+
+    Length-balanced = mean of the win rate where the candidate is longer and where it is not longer (ties in
+    the second half); a half with no items is left out."""
     w = np.asarray(wins, dtype=float)
     if w.size == 0:
         raise JudgeError("No judged items to compute a win rate from.")
     lc, lb = np.asarray(len_candidate), np.asarray(len_baseline)
     if not (len(lc) == len(lb) == len(w)):
         raise JudgeError(f"wins ({len(w)}), candidate lengths ({len(lc)}) and baseline lengths ({len(lb)}) differ.")
-    longer, shorter = lc > lb, lc < lb
+    longer = lc > lb
+    not_longer = ~longer
 
     def balanced(idx: np.ndarray) -> float:
-        ww, lo, sh = w[idx], longer[idx], shorter[idx]
-        halves = [ww[m].mean() for m in (lo, sh) if m.any()]
+        ww, lo, nl = w[idx], longer[idx], not_longer[idx]
+        halves = [ww[m].mean() for m in (lo, nl) if m.any()]
         return float(np.mean(halves)) if halves else float("nan")
 
     all_idx = np.arange(w.size)
@@ -95,12 +135,52 @@ def win_rates(wins: Sequence[float], len_candidate: Sequence[int], len_baseline:
     bal_ci = bootstrap_ci(w, confidence=confidence, seed=seed, statistic=balanced)
     return {
         "win_rate": {"mean": float(w.mean()), "ci_low": raw_ci[0], "ci_high": raw_ci[1], "n": int(w.size)},
-        "length_balanced_win_rate": {"mean": balanced(all_idx), "ci_low": bal_ci[0], "ci_high": bal_ci[1],
-                                     "n_longer": int(longer.sum()), "n_shorter": int(shorter.sum()),
-                                     "win_rate_when_longer": float(w[longer].mean()) if longer.any() else None,
-                                     "win_rate_when_shorter": float(w[shorter].mean()) if shorter.any() else None},
+        "length_balanced_win_rate": {
+            "mean": balanced(all_idx), "ci_low": bal_ci[0], "ci_high": bal_ci[1],
+            "rule": "candidate longer vs not longer (ties with the second half), as the reference",
+            "n_longer": int(longer.sum()), "n_not_longer": int(not_longer.sum()), "n_ties": int((lc == lb).sum()),
+            "win_rate_when_longer": float(w[longer].mean()) if longer.any() else None,
+            "win_rate_when_not_longer": float(w[not_longer].mean()) if not_longer.any() else None},
         "confidence": confidence,
     }
+
+
+def degenerate_judge(judgements: Sequence[dict[str, Any]], share: float = DEGENERATE_SHARE) -> dict[str, Any] | None:
+    """``{"position", "share", "n_verdicts"}`` when one position (A or B) holds >= ``share`` of the verdicts
+    although the candidate was shown in both positions; else None (also when only one position was shown,
+    where a constant answer cannot be told from a real preference)."""
+    shown = {bool(j["candidate_is_a"]) for j in judgements}
+    letters = [j["verdict"] for j in judgements if j.get("verdict") in ("A", "B")]
+    if len(shown) < 2 or not letters:
+        return None
+    for pos in ("A", "B"):
+        frac = letters.count(pos) / len(letters)
+        if frac >= share:
+            return {"position": pos, "share": round(frac, 4), "n_verdicts": len(letters),
+                    "threshold": share}
+    return None
+
+
+def released_win_rates(path: str | Path) -> dict[str, Any]:
+    """:func:`win_rates` of a released judge-output file: a JSON list of ``[win, len_baseline, len_candidate]``
+    rows (``typo:experiments/hh-rlhf/results_fixed/win_rates/*.json``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError("judge-output file not found", path=path)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=path) from err
+    except json.JSONDecodeError as err:
+        raise DataFileError(f"not valid JSON ({err.msg})", path=path, line=err.lineno) from err
+    if not isinstance(rows, list) or not rows:
+        raise DataFileError("expected a non-empty JSON list of [win, len_baseline, len_candidate] rows", path=path)
+    for k, r in enumerate(rows):
+        if not (isinstance(r, list) and len(r) == 3 and all(isinstance(v, (int, float)) for v in r)):
+            raise DataFileError(f"row {k} is {r!r}; expected [win, len_baseline, len_candidate]", path=path)
+    out = win_rates([r[0] for r in rows], [r[2] for r in rows], [r[1] for r in rows])
+    out["source"] = str(path)
+    return out
 
 
 def _orders(order: str, n: int, seed: int) -> list[list[bool]]:
@@ -119,11 +199,14 @@ def _orders(order: str, n: int, seed: int) -> list[list[bool]]:
 
 def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path, task: str = "summarization",
                 mode: str = "generate", order: str = "random", seed: int = 1, max_new_tokens: int = 200,
-                batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+                batch_size: int = 8, progress: bool = True, length_tokenizer: Any = None,
+                length_unit: str = "words") -> dict[str, Any]:
     """Judge ``pairs`` (``{"id", "query", "constitution", "candidate", "baseline"}``) with a backend.
 
-    Writes ``records.jsonl`` (per item: verdicts, judge outputs, score, lengths) and ``win_rates.json`` to
-    ``out_dir``; returns :func:`win_rates` plus the count of unparseable verdicts.
+    ``length_tokenizer`` counts response lengths (``length_unit`` names it in the records, e.g.
+    ``"tokens:mistral-7b"``); None counts words. Writes ``records.jsonl`` (per item: verdicts, judge outputs,
+    score, lengths) and ``win_rates.json`` to ``out_dir``; returns :func:`win_rates` plus the count of
+    unparseable verdicts and the degenerate-judge check.
     """
     from harness.backends import SamplingParams, first_token_ids
     from harness.evaluation import Task, read_records, run_task
@@ -165,12 +248,13 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
         for p in batch:
             rec = by_id[str(p["id"])]
             scores = [j["score"] for j in rec["judgements"]]
-            lc, lb = response_length(p["candidate"]), response_length(p["baseline"])
+            lc = response_length(p["candidate"], length_tokenizer)
+            lb = response_length(p["baseline"], length_tokenizer)
             metrics = {"win": float(np.mean(scores)), "candidate_longer": float(lc > lb),
                        "unparsed": float(sum(j["verdict"] is None for j in rec["judgements"]))}
             if mode == "logprob":
                 metrics["soft_win"] = float(np.mean([j["p_candidate"] for j in rec["judgements"]]))
-            rec.update(len_candidate=lc, len_baseline=lb, metrics=metrics)
+            rec.update(len_candidate=lc, len_baseline=lb, length_unit=length_unit, metrics=metrics)
             records.append(rec)
         return records
 
@@ -188,7 +272,19 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
                          [r["len_baseline"] for r in done])
         result["soft_win_rate"] = soft["win_rate"]
         result["soft_length_balanced_win_rate"] = soft["length_balanced_win_rate"]
-    result.update(mode=mode, order=order, seed=seed)
+    units = sorted({r.get("length_unit", "words") for r in done})
+    result.update(mode=mode, order=order, seed=seed, length_unit=units[0] if len(units) == 1 else units)
+    degenerate = degenerate_judge([j for r in done for j in r["judgements"]])
+    result["degenerate_judge"] = degenerate
+    result["valid"] = degenerate is None
+    if degenerate is not None:
+        result["warning"] = (
+            f"degenerate judge: it answered {degenerate['position']} in {degenerate['share']:.0%} of "
+            f"{degenerate['n_verdicts']} verdicts whatever the order, so its win rate (0.5 by construction "
+            f"with both orders) measures nothing. Use a stronger judge.")
+        import sys
+
+        print(f"warning: {result['warning']}", file=sys.stderr)
     (out_dir / "win_rates.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -196,17 +292,24 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
 # ------------------------------------------------------------------------------- reference response files
 def load_response_file(path: str | Path) -> dict[str, dict[str, str]]:
     """Reference format ``{"constitution": {i: ...}, "question": {i: ...}, "response": {i: ...}}`` → by id."""
+    from sami.files import read_json
+
     path = Path(path)
-    if not path.is_file():
-        raise JudgeError(f"Response file not found: {path}")
-    data = json.loads(path.read_text())
-    if isinstance(data, dict) and all(k in data for k in ("question", "response")):
+    data = read_json(path, "response file")
+    if isinstance(data, dict) and all(isinstance(data.get(k), dict) for k in ("question", "response")):
         const = data.get("constitution", {})
         return {str(i): {"query": data["question"][i], "response": data["response"][i],
                          "constitution": const.get(i, "")} for i in data["response"] if i in data["question"]}
-    if isinstance(data, list):  # a list of {"id", "query", "response", "constitution"}
-        return {str(r["id"]): r for r in data}
-    raise JudgeError(f"{path} is not a responses file: expected keys question/response, got {list(data)[:5]}.")
+    if isinstance(data, list) and data:  # a list of {"id", "query", "response", "constitution"}
+        for k, r in enumerate(data):
+            if not (isinstance(r, dict) and all(isinstance(r.get(f), str) for f in ("query", "response"))
+                    and "id" in r):
+                raise DataFileError(f"item {k} needs string 'query' and 'response' fields and an 'id'", path=path)
+        return {str(r["id"]): {"query": r["query"], "response": r["response"],
+                               "constitution": r.get("constitution", "")} for r in data}
+    got = list(data)[:5] if isinstance(data, dict) else type(data).__name__
+    raise DataFileError(f"not a responses file: expected question/response mappings (reference format) or a "
+                        f"list of {{id, query, response}} items, got {got}", path=path)
 
 
 def pairs_from_files(candidate: str | Path, baseline: str | Path, limit: int | None = None) -> list[dict[str, Any]]:

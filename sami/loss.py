@@ -21,10 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.errors import ConfigError
+
 REDUCTIONS = ("mean", "sum")
 
 
-class SAMIInputError(ValueError):
+class SAMIInputError(ConfigError):
     """A log-prob matrix or batch that SAMI cannot use; the message says what was wrong."""
 
 

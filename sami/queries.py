@@ -15,15 +15,16 @@ iteration; ``offset`` does that).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ConfigError
+
 TEXT_COLUMNS = ("query", "prompt", "question", "post", "text", "content")
 
 
-class QueryError(ValueError):
+class QueryError(ConfigError):
     """A query source that cannot be loaded or is empty; the message says what to do."""
 
 
@@ -48,31 +49,52 @@ def _from_rows(rows: Sequence[dict[str, Any]], source: str, column: str | None) 
     for k, row in enumerate(rows):
         text = row.get(col)
         if isinstance(text, str) and text.strip():
-            out.append({"id": str(row.get("id", k)), "query": text.strip()})
+            q = {"id": str(row.get("id", k)), "query": text.strip()}
+            if isinstance(row.get("subset"), str) and row["subset"].strip():
+                q["subset"] = row["subset"].strip()  # e.g. helpful-base: selects the reference HH draw
+            out.append(q)
+    if not out:
+        raise QueryError(f"Query source {source} has no non-empty text in column {col!r}.")
     return out
 
 
 def _load_local(path: Path, column: str | None) -> list[dict[str, str]]:
-    import datasets
+    from harness.errors import DataFileError
+    from sami.files import read_json, read_jsonl, read_text
 
+    if path.is_dir():
+        raise DataFileError("is a folder; give a .json, .jsonl or .csv query file", path=path)
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
+        data = read_json(path, "query file")
         if isinstance(data, dict) and isinstance(data.get("question"), dict):  # reference responses format
-            return [{"id": str(k), "query": v.strip()} for k, v in data["question"].items() if str(v).strip()]
+            return [{"id": str(k), "query": v.strip()} for k, v in data["question"].items()
+                    if isinstance(v, str) and v.strip()]
         if isinstance(data, dict) and isinstance(data.get("queries"), list):
             data = data["queries"]
-        if isinstance(data, list) and data and isinstance(data[0], str):
+        if isinstance(data, list) and data and all(isinstance(q, str) for q in data):
             return [{"id": str(k), "query": q.strip()} for k, q in enumerate(data) if q.strip()]
-        ds = datasets.Dataset.from_list(data) if isinstance(data, list) and data else None
+        if not isinstance(data, list) or not data:
+            raise DataFileError("holds no queries (expected a list of strings or of objects with a text column)",
+                                path=path)
+        rows = data
     elif path.suffix == ".jsonl":
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        rows = read_jsonl(path, "query file")
+        if not rows:
+            raise DataFileError("holds no queries (the file is empty)", path=path)
     elif path.suffix == ".csv":
-        ds = datasets.load_dataset("csv", data_files=str(path), split="train")
+        import csv
+        import io
+
+        rows = list(csv.DictReader(io.StringIO(read_text(path, "query file"))))
+        if not rows:
+            raise DataFileError("holds no queries (no data rows under the header)", path=path)
     else:
         raise QueryError(f"Unsupported query file type {path.suffix!r} ({path}); use .json, .jsonl or .csv.")
-    if ds is None:
-        raise QueryError(f"Query file {path} holds no queries.")
-    return _from_rows(ds.to_list(), str(path), column)
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataFileError(f"item {n + 1} is {type(row).__name__}, not an object with a text column",
+                                path=path, line=n + 1 if path.suffix == ".jsonl" else None)
+    return _from_rows(rows, str(path), column)
 
 
 def _load_hub(source: str, split: str, column: str | None) -> list[dict[str, str]]:
@@ -83,8 +105,8 @@ def _load_hub(source: str, split: str, column: str | None) -> list[dict[str, str
         if name.lower() == "anthropic/hh-rlhf":
             kw = {"data_dir": subset} if subset else {}
             ds = datasets.load_dataset(name, split=split, **kw)
-            return [{"id": f"{subset or 'hh'}-{k}", "query": _first_human_turn(r["chosen"])}
-                    for k, r in enumerate(ds)]
+            return [{"id": f"{subset or 'hh'}-{k}", "query": _first_human_turn(r["chosen"]),
+                     **({"subset": subset} if subset else {})} for k, r in enumerate(ds)]
         if name.lower() == "openai/summarize_from_feedback":
             ds = datasets.load_dataset(name, subset or "comparisons", split=split)
             seen, out = set(), []

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sami.constitutions import Constitution, Principle, check_constitution_sets, constitution_set
+from harness.errors import ConfigError
+from sami.constitutions import (
+    Constitution,
+    Principle,
+    check_constitution_sets,
+    constitution_set,
+    subset_principle,
+)
 from sami.prompts import STOP_STRINGS, build_prompt
 
 DATASET_DIR = "dataset"
@@ -54,7 +61,8 @@ def build_items(queries: Sequence[dict[str, str]], principles: Sequence[Principl
                 negatives: str = "random", seed: int = 0) -> list[dict[str, Any]]:
     """One item per query: ``{"id", "query", "statements": [C lists], "labels": [C]}``.
 
-    With ``principles``, constitutions come from :func:`~sami.constitutions.constitution_set`; with
+    With ``principles``, constitutions come from :func:`~sami.constitutions.constitution_set` (a query's
+    ``subset``, e.g. HH ``helpful-base``, selects the reference per-subset draw); with
     ``reference_sets`` (e.g. the reference TL;DR files), one set is drawn per query (as ``generate.py``).
     """
     from sami.queries import QueryError
@@ -62,17 +70,18 @@ def build_items(queries: Sequence[dict[str, str]], principles: Sequence[Principl
     if not queries:
         raise QueryError("The query set is empty; nothing to sample.")
     if (principles is None) == (reference_sets is None):
-        raise ValueError("Give exactly one of principles and reference_sets.")
+        raise ConfigError("Give exactly one of principles and reference_sets.")
     if reference_sets is not None:
         check_constitution_sets(reference_sets)
     rng = random.Random(seed)
     items = []
     for q in queries:
         if principles is not None:
-            consts = constitution_set(principles, n_constitutions, negatives, rng)
+            consts = constitution_set(principles, n_constitutions, negatives, rng,
+                                      own=subset_principle(principles, q.get("subset")))
         else:
             consts = list(reference_sets[rng.randrange(len(reference_sets))])
-        items.append({"id": str(q["id"]), "query": q["query"],
+        items.append({"id": str(q["id"]), "query": q["query"], **({"subset": q["subset"]} if q.get("subset") else {}),
                       "statements": [list(c.statements) for c in consts],
                       "labels": [c.label for c in consts]})
     return items
@@ -86,6 +95,14 @@ def item_prompts(item: dict[str, Any], task: str, fmt: str, shuffle: bool = Fals
     """The C prompts of an item; ``shuffle`` permutes principle order per (item, constitution, salt)."""
     return [build_prompt(task, _constitution(st).render(shuffle=shuffle, seed=f"{item['id']}|{i}|{salt}"),
                          item["query"], fmt) for i, st in enumerate(item["statements"])]
+
+
+def process_index() -> int:
+    """This process's rank under ``accelerate launch`` / torchrun (0 otherwise); kept in records to show how the
+    queries were split."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def finished_flags(tokenizer: Any, responses: Sequence[str], max_new_tokens: int) -> list[bool]:
@@ -124,6 +141,7 @@ def sample_responses(backend: Any, items: Sequence[dict[str, Any]], out_dir: str
             reason = response_filter.reason(responses)
             complete = finished_flags(getattr(backend, "tokenizer", None), responses, sampling.max_new_tokens)
             records.append({**it, "responses": responses, "complete": complete, "kept": reason is None,
+                            "process": process_index(),
                             "drop_reason": reason,
                             "metrics": {"kept": float(reason is None),
                                         "response_chars": sum(len(r) for r in responses) / n}})

@@ -18,11 +18,16 @@ Two sequence layouts give the same matrix (a test checks it):
   instead of C²·(|p| + |y|), and no vocabulary projection over prompts. Needs an attention implementation
   that accepts custom 4D masks (``sdpa`` or ``eager``; not ``flash_attention_2``).
 
-Reference-code differences, as options: ``mask_eos`` (reference masks EOS; here EOS is trained by default),
+Reference-code differences, as options: ``mask_eos`` (``true`` = released ``sami`` and research ``typo`` up to
+2024-04, when the HH results were produced; ``typo`` from 2024-05 scores the first pad = EOS, i.e. trains EOS
+on all but the longest of the C² sequences; here EOS is trained on every response by default),
 ``logprob_reduction`` (``mean`` = released code, ``sum`` = paper Eq. 2). Paper-era quirks of the research
 code, off by default, for ablations: ``lr_zero_first_step`` (linear schedule with one warm-up step, so the
-first optimiser step has lr 0, plus gradient clipping at 1.0) and ``last_microbatch_gradient_only``
-(gradients zeroed before every micro-batch, so only the last one's survives accumulation).
+first optimiser step has lr 0, plus gradient clipping at 1.0), ``last_microbatch_gradient_only`` (gradients
+zeroed before every micro-batch, so only the last one's survives accumulation) and ``schedule="reference"``
+(the schedule spans the whole data with a floor step count; a last partial accumulation step is divided by
+the full accumulation). With all three (and ``weight_decay=0.01``, ``weight_decay_params="all"``) the trainer
+reproduces the research code's loop step for step (``tests/test_sami_reference.py``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,13 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from harness.backends import render_prompt
+from harness.config import check_at_least, check_choice
+from harness.errors import ConfigError
 from sami.loss import REDUCTIONS, SAMIInputError, reduce_token_logprobs, sami_loss, selective_log_softmax
 
 LAYOUTS = ("shared_prompt", "padded")
+SCHEDULES = ("steps", "reference")
+DECAY_PARAMS = ("no_bias_norm", "all")
 
 
 @dataclass
@@ -54,9 +63,11 @@ class SAMIConfig(TrainingArguments):
             How a response's token log-probs become one entry of the C×C matrix: `"mean"` (released code) or
             `"sum"` (the sequence log-prob of the paper's Eq. 2).
         mask_eos (`bool`, defaults to `False`):
-            Do not train the end-of-sequence token. The reference masks it (and stops generation by string
-            matching); by default the EOS token is appended to every response and trained, so the model learns
-            to stop.
+            Do not train the end-of-sequence token, as the released ``sami`` code and the research code ``typo``
+            up to 2024-04 (when the HH results were produced; generation stops by string matching). ``typo``
+            from 2024-05 scores the first pad token (= EOS) after each response, which trains EOS on every
+            sequence except the longest of the C² (it gets no pad). By default the EOS token is appended to
+            every response and trained, so the model learns to stop.
 
         > Data
 
@@ -85,9 +96,25 @@ class SAMIConfig(TrainingArguments):
             Zero the gradients before every micro-batch, so only the last micro-batch's gradient (scaled by
             1/accumulation) reaches the optimiser: the research code's effective batch of one query per rank.
 
+        > Schedule and optimiser
+
+        schedule (`str`, defaults to `"steps"`):
+            `"steps"` (transformers): the learning-rate schedule spans this run's `max_steps`, and a last
+            partial accumulation step is averaged over the micro-batches it has. `"reference"` (research code
+            ``typo``): the schedule spans `floor(micro-batches per process × num_train_epochs /
+            gradient_accumulation_steps)` optimiser steps, i.e. the whole data, whatever `max_steps` stops the
+            run at (the reference takes its iterates as checkpoints partway through that schedule), and a last
+            partial step divides by the full `gradient_accumulation_steps`.
+        weight_decay_params (`str`, defaults to `"no_bias_norm"`):
+            Which parameters `weight_decay` applies to: `"no_bias_norm"` (transformers: not biases and norm
+            weights) or `"all"` (torch ``AdamW(model.parameters())`` as the reference, whose default
+            `weight_decay` is 0.01; set `weight_decay: 0.01` with it).
+
     Changed ``TrainingArguments`` defaults: ``learning_rate=5e-7`` (paper), ``lr_scheduler_type="constant"``
-    and ``max_grad_norm=0`` (released code: no schedule, no clipping), ``logging_steps=1``,
-    ``remove_unused_columns=False``, ``save_strategy="no"``.
+    and ``max_grad_norm=0`` (released code: no schedule, no clipping), ``num_train_epochs=1`` (reference
+    ``n_epochs``), ``logging_steps=1``, ``remove_unused_columns=False``, ``save_strategy="no"``. The default
+    ``weight_decay`` stays 0.0 (the reference's torch AdamW default is 0.01 on every parameter: use
+    ``weight_decay: 0.01`` and ``weight_decay_params: all``).
     """
 
     logprob_reduction: str = field(default="mean", metadata={"help": "mean (released code) or sum (paper Eq. 2)"})
@@ -101,6 +128,12 @@ class SAMIConfig(TrainingArguments):
     last_microbatch_gradient_only: bool = field(
         default=False, metadata={"help": "paper-era quirk: keep only the last micro-batch's gradient"})
 
+    schedule: str = field(default="steps", metadata={
+        "help": "steps (schedule spans max_steps) or reference (spans the whole data, floor step count, last "
+                "partial step scaled by the full accumulation, as the research code)"})
+    weight_decay_params: str = field(default="no_bias_norm", metadata={
+        "help": "weight decay on no_bias_norm (transformers) or all parameters (reference torch AdamW)"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs (reference n_epochs: 1)"})
     learning_rate: float = field(default=5e-7, metadata={"help": "AdamW learning rate (paper: 5e-7)"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "learning-rate schedule"})
     max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, released code)"})
@@ -109,12 +142,19 @@ class SAMIConfig(TrainingArguments):
     save_strategy: str = field(default="no", metadata={"help": "checkpointing strategy: no, steps, epoch"})
 
     def __post_init__(self) -> None:
-        if self.logprob_reduction not in REDUCTIONS:
-            raise ValueError(f"logprob_reduction={self.logprob_reduction!r}; allowed: {', '.join(REDUCTIONS)}.")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout={self.layout!r}; allowed: {', '.join(LAYOUTS)}.")
-        if self.max_completion_length is not None and self.max_completion_length < 1:
-            raise ValueError(f"max_completion_length must be >= 1 or None, got {self.max_completion_length}.")
+        check_choice("logprob_reduction", self.logprob_reduction, REDUCTIONS)
+        check_choice("layout", self.layout, LAYOUTS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("weight_decay_params", self.weight_decay_params, DECAY_PARAMS)
+        check_at_least("max_completion_length", self.max_completion_length, 1, allow_none=True)
+        for key in ("learning_rate", "weight_decay", "max_grad_norm", "num_train_epochs"):
+            value = getattr(self, key)
+            if value is None or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"--{key} {value}: must be a finite number >= 0.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"--max_steps {self.max_steps}: must be >= 1 (or -1 for num_train_epochs).")
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            check_at_least(key, getattr(self, key), 1)
         if self.lr_zero_first_step:
             self.lr_scheduler_type = "linear"
             self.warmup_steps = 1
@@ -406,7 +446,40 @@ class SAMITrainer(Trainer):
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         if self.args.last_microbatch_gradient_only and self.optimizer is not None:
             self.optimizer.zero_grad()  # research-code quirk: earlier micro-batches' gradients are discarded
+        if self.args.schedule == "reference":
+            # The reference divides every micro-batch's loss by the full accumulation, also in a last partial
+            # step; the returned value (only used for the logged loss) is rescaled to the step's real average.
+            actual = self.current_gradient_accumulation_steps
+            full = self.args.gradient_accumulation_steps
+            self.current_gradient_accumulation_steps = full
+            try:
+                loss = super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self.current_gradient_accumulation_steps = actual
+            return loss * (full / actual)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    # ------------------------------------------------------------------------- schedule and optimiser
+    def set_initial_training_values(self, args: Any, dataloader: Any):
+        self._micro_batches_per_epoch = len(dataloader) if hasattr(dataloader, "__len__") else None
+        return super().set_initial_training_values(args, dataloader)
+
+    def reference_schedule_steps(self) -> int:
+        """The research code's schedule length: floor(micro-batches per process × epochs / accumulation)."""
+        n = getattr(self, "_micro_batches_per_epoch", None)
+        if n is None:
+            raise SAMIInputError("schedule=reference needs a training dataset with a length.")
+        return int(n * self.args.num_train_epochs) // self.args.gradient_accumulation_steps
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None):
+        if self.args.schedule == "reference" and self.lr_scheduler is None:
+            num_training_steps = self.reference_schedule_steps()
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def get_decay_parameter_names(self, model: Any) -> list[str]:
+        if self.args.weight_decay_params == "all":  # reference: torch AdamW(model.parameters()) decays everything
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: Any = None):

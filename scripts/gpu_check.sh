@@ -3,9 +3,12 @@
 #   1. the vLLM backend for real: generate, sequence_logprobs, next_token_logprobs, compared with the
 #      transformers backend on the same model;
 #   2. one bf16 forward/backward step on the GPU;
-#   3. decoding throughput of the masked-diffusion loop on the GPU (when the decoding package provides it).
+#   3. decoding throughput of the masked-diffusion loop on the GPU (when the decoding package provides it);
+#   4. SAMI under FSDP: `accelerate launch` with configs/accelerate/fsdp-8gpu.yaml on min(2, #GPUs) GPUs, one
+#      iteration of 2 full-weight steps, fp32; the per-step loss must equal a single-process run with the same
+#      global batch (<= 1e-4) and every query must be sampled and evaluated exactly once.
 # Usage: bash scripts/gpu_check.sh [model-ref]   (default: the embedded smollm2-135m-instruct)
-# Writes runs/gpu_check.json. Installs the vllm extra into .venv if missing.
+# Writes runs/gpu_check.json and runs/gpu_check_fsdp.json. Installs the vllm extra into .venv if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-smollm2-135m-instruct}"
@@ -51,4 +54,53 @@ except ImportError:
     result["decoding"] = "decoding.bench.gpu_throughput not available"
 print(json.dumps(result, indent=2))
 json.dump(result, open("runs/gpu_check.json", "w"), indent=2)
+PYEOF
+
+# ---- 4. SAMI expert iteration under FSDP vs one process, same global batch ----------------------------------
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
+NPROC=$(( NGPU >= 2 ? 2 : 1 ))
+rm -rf runs/gpu_check_fsdp && mkdir -p runs/gpu_check_fsdp
+cat > runs/gpu_check_fsdp/run.yaml <<YAML
+model: $MODEL
+queries: builtin:dialogue
+n_heldout: 4
+queries_per_iteration: 8
+iterations: 1
+steps_per_iteration: [2]
+max_new_tokens: 16
+generation_batch_size: 1
+eval_batch_size: 1
+drop_identical: false
+learning_rate: 1.0e-5
+model_dtype: fp32
+bf16: false
+gradient_accumulation_steps: 1
+save_strategy: "no"
+YAML
+.venv/bin/accelerate launch --config_file configs/accelerate/fsdp-8gpu.yaml --num_processes "$NPROC" --mixed_precision no \
+    --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer \
+    scripts/train_sami.py --config runs/gpu_check_fsdp/run.yaml --output_dir runs/gpu_check_fsdp/fsdp \
+    --per_device_train_batch_size $(( 4 / NPROC ))
+CUDA_VISIBLE_DEVICES=0 $PY scripts/train_sami.py --config runs/gpu_check_fsdp/run.yaml \
+    --output_dir runs/gpu_check_fsdp/single --per_device_train_batch_size 4
+NPROC="$NPROC" $PY - <<'PYEOF'
+import json, os
+from pathlib import Path
+root = Path("runs/gpu_check_fsdp")
+def losses(run):
+    log = json.loads((root / run / "iteration-1" / "model" / "train_log.json").read_text())
+    return {e["step"]: e["loss"] for e in log if "loss" in e}
+def records(run, stage):
+    return [json.loads(l) for l in (root / run / "iteration-1" / stage / "records.jsonl").read_text().splitlines()]
+fs, single = losses("fsdp"), losses("single")
+out = {"processes": int(os.environ["NPROC"]), "loss_fsdp": fs, "loss_single": single,
+       "max_loss_diff": max(abs(fs[k] - single[k]) for k in single)}
+for stage in ("samples", "eval"):
+    ids = [r["id"] for r in records("fsdp", stage)]
+    out[f"{stage}_ids_unique_and_complete"] = len(ids) == len(set(ids)) == len(records("single", stage))
+    out[f"{stage}_processes"] = sorted({r["process"] for r in records("fsdp", stage)})
+print(json.dumps(out, indent=2))
+json.dump(out, open("runs/gpu_check_fsdp.json", "w"), indent=2)
+assert sorted(fs) == sorted(single) and out["max_loss_diff"] <= 1e-4, out
+assert out["samples_ids_unique_and_complete"] and out["eval_ids_unique_and_complete"], out
 PYEOF

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from harness.config import ConfigError, parse_config
+from harness.errors import CmikitError
 from harness.testing import tiny_causal_lm, tiny_tokenizer
 from sami import iterate as iterate_module
 from sami.cli import main as sami_main
@@ -81,9 +82,9 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, monkeypatc
 
 def test_bad_configs_fail_at_start(tiny_run, capsys):
     tmp_path, config = tiny_run
-    with pytest.raises(ConfigError, match="Unknown model alias"):
+    with pytest.raises(CmikitError, match="Unknown model alias"):
         parse_config((IterateConfig, SAMIConfig), ["--config", str(config), "--model", "no-such-model"])
-    with pytest.raises(ConfigError, match="C >= 2"):
+    with pytest.raises(ConfigError, match="n_constitutions 1: must be >= 2"):
         parse_config((IterateConfig, SAMIConfig), ["--config", str(config), "--n_constitutions", "1"])
     with pytest.raises(ConfigError, match="one step count per iteration"):
         parse_config((IterateConfig, SAMIConfig), ["--config", str(config), "--iterations", "3"])
@@ -103,13 +104,20 @@ def test_shipped_configs_parse(tmp_path):
     root = Path(__file__).resolve().parents[1]
     demo_cfg, demo_args = parse_config((IterateConfig, SAMIConfig), ["--config", str(root / "configs/sami/smollm2-demo.yaml")])
     assert demo_cfg.use_lora and demo_args.layout == "shared_prompt"
-    for name, model in [("mistral-7b-tldr", "mistral-7b"), ("mistral-7b-hh", "mistral-7b"),
+    for name, model in [("mistral-7b-tldr", "mistral-7b"), ("mistral-7b-hh-released", "mistral-7b"),
                         ("mixtral-8x7b-tldr", "mixtral-8x7b")]:
         # bf16 needs a GPU; everything else must validate here.
         cfg, args = parse_config((IterateConfig, SAMIConfig),
                                  ["--config", str(root / f"configs/sami/{name}.yaml"), "--bf16", "false"])
         assert cfg.model == model and cfg.steps_per_iteration == [2, 4, 6] and args.learning_rate == 5e-7
         assert cfg.train_from == "base" and not cfg.use_lora
+    # The typo-matching HH config: 2/4/6 optimiser steps of grad_accum 16, schedule over the data, both quirks.
+    hh, hh_args = parse_config((IterateConfig, SAMIConfig),
+                               ["--config", str(root / "configs/sami/mistral-7b-hh.yaml"), "--bf16", "false"])
+    assert hh.steps_per_iteration == [2, 4, 6] and hh.max_train_items == 2000 and hh.negatives == "random"
+    assert hh_args.gradient_accumulation_steps == 16 and hh_args.schedule == "reference"
+    assert hh_args.lr_zero_first_step and hh_args.last_microbatch_gradient_only and hh_args.max_grad_norm == 1.0
+    assert hh_args.weight_decay == 0.01 and hh_args.weight_decay_params == "all" and hh_args.mask_eos
     kinds = {p.stem: str(load_config_from_file(str(p)).distributed_type)
              for p in (root / "configs/accelerate").glob("*.yaml")}
     assert "DistributedType.FSDP" in kinds.values() and "DistributedType.DEEPSPEED" in kinds.values()

@@ -38,15 +38,15 @@ def test_verdict_scores():
 def test_win_rates_raw_and_length_balanced_by_hand():
     wins = [1, 1, 1, 0, 0.5, 0, 1, 0]
     len_c = [10, 12, 30, 9, 5, 5, 7, 6]
-    len_b = [5, 5, 5, 5, 9, 9, 9, 6]  # longer: items 0-3; shorter: 4-6; equal: 7
+    len_b = [5, 5, 5, 5, 9, 9, 9, 6]  # longer: items 0-3; not longer: 4-7 (item 7 is a tie)
     out = win_rates(wins, len_c, len_b)
     assert out["win_rate"]["mean"] == pytest.approx(4.5 / 8)
-    longer, shorter = 3 / 4, 1.5 / 3
+    longer, not_longer = 3 / 4, 1.5 / 4  # ties count with "not longer", as the reference
     lb = out["length_balanced_win_rate"]
-    assert lb["mean"] == pytest.approx((longer + shorter) / 2)
+    assert lb["mean"] == pytest.approx((longer + not_longer) / 2)
     assert lb["win_rate_when_longer"] == pytest.approx(longer)
-    assert lb["win_rate_when_shorter"] == pytest.approx(shorter)
-    assert lb["n_longer"] == 4 and lb["n_shorter"] == 3
+    assert lb["win_rate_when_not_longer"] == pytest.approx(not_longer)
+    assert lb["n_longer"] == 4 and lb["n_not_longer"] == 4 and lb["n_ties"] == 1
     assert out["win_rate"]["ci_low"] <= out["win_rate"]["mean"] <= out["win_rate"]["ci_high"]
     with pytest.raises(JudgeError):
         win_rates([], [], [])

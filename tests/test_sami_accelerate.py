@@ -1,0 +1,134 @@
+"""``accelerate launch scripts/train_sami.py`` really runs with two processes (issue 10): sampling and
+evaluation split the queries across both ranks with none lost or repeated, training is data parallel (each
+step's loss equals a single-process run with the same global batch), and a kill -9 then relaunch resumes.
+
+On a CPU-only machine accelerate starts several processes with ``--multi_gpu`` (torchrun, gloo backend);
+``accelerate launch --cpu --num_processes 2`` starts ONE process (its simple launcher needs an MPI hostfile),
+which ``scripts/train_sami.py`` refuses with a message instead of silently running single-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate CLI not installed")]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch_cmd(*flags):
+    return [str(ACCELERATE), "launch", *flags, "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+            str(ROOT / "scripts" / "train_sami.py")]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from harness.testing import tiny_causal_lm, tiny_tokenizer
+
+    tmp = tmp_path_factory.mktemp("sami-accelerate")
+    tiny_causal_lm().save_pretrained(tmp / "model")
+    tiny_tokenizer().save_pretrained(tmp / "model")
+    (tmp / "q.jsonl").write_text("".join(json.dumps({"query": f"question number {k}?"}) + "\n" for k in range(8)))
+    # Seeded sampling, one query per generate call: every query's responses are the same whichever process
+    # draws them, so the single-process run sees the same data.
+    (tmp / "run.yaml").write_text("\n".join([
+        f"model: {tmp / 'model'}", f"queries: {tmp / 'q.jsonl'}", "n_heldout: 3", "queries_per_iteration: 5",
+        "iterations: 1", "steps_per_iteration: [2]", "max_new_tokens: 6", "temperature: 1.0", "top_p: 1.0",
+        "generation_batch_size: 1", "eval_batch_size: 1", "learning_rate: 0.01", "use_cpu: true",
+        "disable_tqdm: true", "save_strategy: steps", "save_steps: 1",
+    ]) + "\n")
+    return tmp
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    log = json.loads((run / "iteration-1" / "model" / "train_log.json").read_text())
+    return {e["step"]: e["loss"] for e in log if "loss" in e}
+
+
+def test_cpu_flag_with_several_processes_is_refused(setup):
+    proc = subprocess.run([*_launch_cmd("--cpu", "--num_processes", "2"), "--config", setup / "run.yaml",
+                           "--output_dir", setup / "never"], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "error: accelerate launch --cpu --num_processes N starts a single process" in proc.stderr
+    assert not (setup / "never").exists()
+
+
+def test_two_processes_split_queries_train_data_parallel_and_resume_after_kill(setup):
+    tmp = setup
+    run2, run1 = tmp / "two-processes", tmp / "one-process"
+    cmd2 = [*_launch_cmd("--multi_gpu", "--num_processes", "2"), "--config", tmp / "run.yaml",
+            "--output_dir", run2, "--per_device_train_batch_size", "1"]
+    cmd2 = [str(c) for c in cmd2]
+    # 1. Launch on two processes and kill -9 the whole process group once training saved its first checkpoint.
+    proc = subprocess.Popen(cmd2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    marker = run2 / "iteration-1" / "train" / "checkpoint-1" / "trainer_state.json"  # written last
+    deadline = time.time() + 600
+    while not marker.exists():
+        assert proc.poll() is None, f"run ended before the kill point: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run2 / "iteration-1" / "model" / "DONE").exists()
+    samples_before = (run2 / "iteration-1" / "samples" / "records.jsonl").read_text()
+    # 2. Relaunch the same command: it resumes (the lock died with the processes; finished stages are kept).
+    again = subprocess.run(cmd2, capture_output=True, text=True, env=_env(), timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run2 / "iteration-1" / "samples" / "records.jsonl").read_text() == samples_before
+    assert (run2 / "iteration-1" / "train" / "checkpoint-2").is_dir()
+    results = json.loads((run2 / "results.json").read_text())
+    assert [r["iteration"] for r in results["iterations"]] == [0, 1]
+    # 3. The same global batch (2 queries per step) on one process.
+    one = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_sami.py"), "--config", str(tmp / "run.yaml"),
+                          "--output_dir", str(run1), "--per_device_train_batch_size", "2"],
+                         capture_output=True, text=True, env=_env(), timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    # Sampling and evaluation: every query exactly once, both processes did a share, same responses.
+    expected = {"samples": 5, "eval": 3}
+    for stage in ("samples", "eval"):
+        recs2 = _records(run2 / "iteration-1" / stage / "records.jsonl")
+        recs1 = _records(run1 / "iteration-1" / stage / "records.jsonl")
+        ids2 = [r["id"] for r in recs2]
+        assert len(ids2) == len(set(ids2)) == expected[stage]
+        assert set(ids2) == {r["id"] for r in recs1}
+        by_process = {p: sorted(r["id"] for r in recs2 if r["process"] == p) for p in (0, 1)}
+        assert by_process[0] and by_process[1] and not set(by_process[0]) & set(by_process[1])
+        assert {r["id"]: r["responses"] for r in recs2} == {r["id"]: r["responses"] for r in recs1}
+        assert {r["process"] for r in recs1} == {0}
+    # Training: data parallel, the per-step loss equals the single-process run's.
+    l2, l1 = _losses(run2), _losses(run1)
+    assert sorted(l2) == sorted(l1) == [1, 2]
+    for step in (1, 2):
+        assert abs(l2[step] - l1[step]) <= 1e-5, (step, l2[step], l1[step])
+    assert abs(l1[2] - l1[1]) > 1e-4  # the weights moved between the steps: step 2 compares trained models
