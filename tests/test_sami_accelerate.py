@@ -8,6 +8,7 @@ which ``scripts/train_sami.py`` refuses with a message instead of silently runni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,9 +24,32 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate CLI not installed")]
 
 
-def _env():
+# Loaded by every Python process of a launch through PYTHONPATH (sitecustomize): after the Trainer saved
+# checkpoint-1 the processes stall, so the test's kill -9 always lands mid-training, however fast the machine.
+STALL_HOOK = """
+import os
+if os.environ.get("CMIKIT_TEST_STALL_AFTER_CHECKPOINT"):
+    import time
+    import transformers.trainer as _trainer
+
+    _save = _trainer.Trainer._save_checkpoint
+
+    def _save_then_stall(self, *args, **kwargs):
+        out = _save(self, *args, **kwargs)
+        if self.state.global_step == 1:
+            time.sleep(600)
+        return out
+
+    _trainer.Trainer._save_checkpoint = _save_then_stall
+"""
+
+
+def _env(stall_dir: Path | None = None):
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    paths = [str(ROOT)] + ([str(stall_dir)] if stall_dir else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths) + os.pathsep + env.get("PYTHONPATH", "")
+    if stall_dir:
+        env["CMIKIT_TEST_STALL_AFTER_CHECKPOINT"] = "1"
     env["OMP_NUM_THREADS"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env
@@ -64,6 +88,19 @@ def setup(tmp_path_factory):
     return tmp
 
 
+def _kill_tree(pid: int) -> None:
+    """kill -9 the launcher and every process under it: torchrun starts its workers in sessions of their own,
+    so killing the launcher's process group alone would leave them running (and holding the run's lock)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=30)
+
+
 def _records(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
@@ -88,8 +125,12 @@ def test_two_processes_split_queries_train_data_parallel_and_resume_after_kill(s
     cmd2 = [*_launch_cmd("--multi_gpu", "--num_processes", "2"), "--config", tmp / "run.yaml",
             "--output_dir", run2, "--per_device_train_batch_size", "1"]
     cmd2 = [str(c) for c in cmd2]
-    # 1. Launch on two processes and kill -9 the whole process group once training saved its first checkpoint.
-    proc = subprocess.Popen(cmd2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+    # 1. Launch on two processes and kill -9 the whole process group once training saved its first checkpoint
+    # (the stall hook holds the processes there, so the kill never comes after the run finished).
+    hook = tmp / "stall-hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(STALL_HOOK)
+    proc = subprocess.Popen(cmd2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(hook),
                             start_new_session=True)
     marker = run2 / "iteration-1" / "train" / "checkpoint-1" / "trainer_state.json"  # written last
     deadline = time.time() + 600
@@ -97,7 +138,7 @@ def test_two_processes_split_queries_train_data_parallel_and_resume_after_kill(s
         assert proc.poll() is None, f"run ended before the kill point: {proc.stderr.read()[-3000:]}"
         assert time.time() < deadline, "no checkpoint within 10 minutes"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_tree(proc.pid)
     proc.wait()
     assert not (run2 / "iteration-1" / "model" / "DONE").exists()
     samples_before = (run2 / "iteration-1" / "samples" / "records.jsonl").read_text()
