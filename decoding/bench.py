@@ -89,7 +89,7 @@ def dependency_grid(n: int, quick: bool) -> list[tuple[str, str, dict[str, Any]]
             ("threshold", "tau=0.7", {"threshold": 0.7}),
             ("entropy_bound", "gamma=0.1", {"entropy_bound": 0.1}),
             ("ccd", "DS expand_ratio=8", {"seek_mode": True, "expand_ratio": 8.0}),
-            ("ccd_marginal", "DS eps=0.1 V=16", {"ccd_entropy_threshold": 0.1, "ccd_top_v": 16}),
+            ("ccd_marginal", "DS eps=0.1 V=8", {"ccd_entropy_threshold": 0.1, "ccd_top_v": 8}),
         ]
     grid: list[tuple[str, str, dict[str, Any]]] = []
     for div in (1, 2, 4, 8):
@@ -109,7 +109,7 @@ def dependency_grid(n: int, quick: bool) -> list[tuple[str, str, dict[str, Any]]
         grid.append(("ccd", f"DS expand_ratio={ratio:g}", {"seek_mode": True, "expand_ratio": ratio}))
     grid.append(("ccd_marginal", "fixed budget", {"ccd_entropy_threshold": None}))
     grid.append(("ccd_marginal", "DS eps=0.1", {"ccd_entropy_threshold": 0.1}))
-    for v in (8, 16):
+    for v in (8, 16, 32):
         grid.append(("ccd_marginal", f"DS eps=0.1 V={v}", {"ccd_entropy_threshold": 0.1, "ccd_top_v": v}))
     grid.append(("ccd_marginal", "DS eps=0.3 V=16", {"ccd_entropy_threshold": 0.3, "ccd_top_v": 16}))
     grid.append(("ccd_marginal", "DS eps=0.1 V=16 tokens=current",
