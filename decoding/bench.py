@@ -85,8 +85,9 @@ def dependency_grid(n: int, quick: bool) -> list[tuple[str, str, dict[str, Any]]
     if quick:
         return [
             ("low_confidence", "steps=N", {"steps": n}),
+            ("low_confidence", "steps=N/4", {"steps": n // 4}),
             ("threshold", "tau=0.9", {"threshold": 0.9}),
-            ("threshold", "tau=0.7", {"threshold": 0.7}),
+            ("threshold", "tau=0.6", {"threshold": 0.6}),
             ("entropy_bound", "gamma=0.1", {"entropy_bound": 0.1}),
             ("ccd", "DS expand_ratio=8", {"seek_mode": True, "expand_ratio": 8.0}),
             ("ccd_marginal", "DS eps=0.1 V=8", {"ccd_entropy_threshold": 0.1, "ccd_top_v": 8}),
