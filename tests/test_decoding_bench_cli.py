@@ -140,3 +140,25 @@ def test_train_config_per_task_builds_a_model_with_the_task_stored():
     model = build_model(cfg, tiny_tokenizer())
     assert isinstance(task_from_dict(model.config.tiny_dlm_task), OneClassUpperTask)
     assert model.config.max_position_embeddings >= 65 + 64
+
+
+def test_shipped_one_class_upper_model_punishes_committing_coupled_positions_together():
+    from decoding import generate
+    from decoding.tiny_dlm import encode_problems, load_tiny_dlm
+
+    torch.set_num_threads(1)
+    model, tok, task = load_tiny_dlm(task="one-class-upper", train_if_missing=False, progress=False)
+    assert task.gen_length == 64 and sum(p.numel() for p in model.parameters()) * 4 <= 2 * 2**20
+    problems = task.problems(8, seed=12345)
+    prompts, _ = encode_problems(problems, tok, task.gen_length)
+
+    def decoded(**fields):
+        out = generate(model, prompts, DiffusionGenerationConfig(gen_length=64, **fields))
+        return ["".join(tok.convert_ids_to_tokens(row.tolist())) for row in out.generated], out
+
+    texts, out = decoded(strategy="threshold", threshold=0.99)
+    assert sum(task.is_correct(p, t) for (p, _), t in zip(problems, texts)) >= 7 and out.nfe < 16
+    # tau = 0.6 commits every choice position (lower-case marginal ~0.75) in the first pass: never an answer.
+    texts, out = decoded(strategy="threshold", threshold=0.6)
+    assert out.nfe == 1 and not any(task.is_correct(p, t) for (p, _), t in zip(problems, texts))
+    assert all(t == p.rstrip("=") for (p, _), t in zip(problems, texts))  # the all-lower-case chimera
