@@ -9,7 +9,7 @@ Coherent Contextual Decoding (CCD, Chen et al. 2025, arXiv 2512.02044) and the s
 * :func:`adapt` wraps LLaDA / Dream remote-code checkpoints, bidirectional checkpoints, BERT-style masked LMs
   and (opt-in) stock causal classes made bidirectional by a 4D mask.
 * :func:`decoding.plugin.diffusion_generate` plugs the loop into ``model.generate(custom_generate=...)``.
-* ``dlm-decode`` (:mod:`decoding.cli`): ``generate``, ``bench`` (tiny trained DLM + overhead), ``train-tiny``.
+* ``dlm-decode`` (:mod:`decoding.cli`): ``generate``, ``bench`` (two tiny trained DLM tasks + overhead), ``train-tiny``.
 """
 
 from decoding.adapters import AdapterError, DiffusionModelAdapter, adapt

@@ -60,6 +60,9 @@ class DiffusionModelAdapter:
     shift_logits: bool = False
     attention: str = "2d"
     eos_token_ids: list[int] = field(default_factory=list)
+    #: EOS only (the model config's ``eos_token_id``, else the tokenizer's): what LLaDA's ``logits_eos_inf``
+    #: suppresses. ``eos_token_ids`` adds end-of-turn tokens found by name.
+    eos_only_token_ids: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
     max_context: int | None = None
     kind: str = "custom"
@@ -137,6 +140,13 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
+def _eos_only_ids(model, tokenizer) -> list[int]:
+    ids = _as_id_list(getattr(_config_of(model), "eos_token_id", None))
+    if not ids and tokenizer is not None:
+        ids = _as_id_list(getattr(tokenizer, "eos_token_id", None))
+    return sorted(set(ids))
+
+
 def adapt(
     model,
     tokenizer=None,
@@ -210,6 +220,7 @@ def adapt(
         shift_logits=default_shift if shift_logits is None else bool(shift_logits),
         attention=attention,
         eos_token_ids=_eos_ids(model, tokenizer),
+        eos_only_token_ids=_eos_only_ids(model, tokenizer),
         pad_token_id=pad,
         max_context=_first(max_context, _context_length(config)),
         kind=kind,

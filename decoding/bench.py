@@ -1,9 +1,12 @@
-"""``dlm-decode bench``: every strategy over a grid of budgets on the tiny trained DLM, plus loop overhead.
+"""``dlm-decode bench``: every strategy over a grid of budgets on the tiny trained DLMs, plus loop overhead.
 
-Part 1 (accuracy vs NFE): the tiny LLaDA-style model of :mod:`decoding.tiny_dlm` decodes held-out
-copy-one-of-two problems (:mod:`decoding.tiny_task`) with each strategy and setting; recorded per setting:
-exact-match accuracy, mean NFE per sequence (``nfe_per_row``), wall time and sequences/s. The baseline
-is LLaDA ``low_confidence`` with one token per step (steps = gen_length).
+Part 1 (accuracy vs NFE): the tiny LLaDA-style models of :mod:`decoding.tiny_dlm` decode held-out problems
+of their task (:mod:`decoding.tiny_task`: ``copy-one-of-two``, gen_length 24, and ``one-class-upper``,
+gen_length 64, whose confident but coupled positions punish committing dependent tokens together) with
+each strategy and setting; recorded per setting: exact-match accuracy, mean NFE per sequence
+(``nfe_per_row``), wall time and sequences/s. The baseline is LLaDA ``low_confidence`` with one token per
+step (steps = gen_length); ``targets`` gives, per adaptive strategy, the fewest forward passes at an
+accuracy at least the baseline's.
 
 Part 2 (overhead): on a ~135M-parameter model made bidirectional (the embedded SmolLM2, timing only), time
 per step minus model forward time, at batch 1 and batch 8, and sequences/s at both.
@@ -12,7 +15,8 @@ Part 1 runs greedy (temperature 0) and sampled (temperature 1, seeded) decoding:
 model with a slight global preference resolves the task's coin flips consistently even in parallel;
 sampling is where committing dependent tokens together produces chimeras.
 
-Writes ``bench.json``, ``bench.png`` (temperature 0) and ``bench_t1.png`` into ``--out``.
+Writes ``bench.json`` (``accuracy_vs_nfe[task][temperature]``), ``bench.png`` / ``bench_t1.png`` (copy task,
+temperatures 0 / 1) and ``bench_one-class-upper.png`` / ``bench_one-class-upper_t1.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -75,6 +79,51 @@ def budget_grid(n: int, quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
     return grid
 
 
+def dependency_grid(n: int, quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """The grid for the long ``one-class-upper`` task (``n`` = 64): every strategy, fewer one-token-per-step
+    settings than :func:`budget_grid` (each costs ``n`` passes), wider adaptive budgets."""
+    if quick:
+        return [
+            ("low_confidence", "steps=N", {"steps": n}),
+            ("low_confidence", "steps=N/4", {"steps": n // 4}),
+            ("threshold", "tau=0.9", {"threshold": 0.9}),
+            ("threshold", "tau=0.6", {"threshold": 0.6}),
+            ("entropy_bound", "gamma=0.1", {"entropy_bound": 0.1}),
+            ("ccd", "DS expand_ratio=8", {"seek_mode": True, "expand_ratio": 8.0}),
+            ("ccd_marginal", "DS eps=0.1 V=8", {"ccd_entropy_threshold": 0.1, "ccd_top_v": 8}),
+        ]
+    grid: list[tuple[str, str, dict[str, Any]]] = []
+    for div in (1, 2, 4, 8):
+        grid.append(("low_confidence", "steps=N" if div == 1 else f"steps=N/{div}", {"steps": n // div}))
+    grid.append(("random", "steps=N", {"steps": n}))
+    grid.append(("origin", "steps=N", {"steps": n, "seed": 0}))
+    grid.append(("maskgit_plus", "steps=N/4", {"steps": n // 4}))
+    grid.append(("topk_margin", "steps=N/4", {"steps": n // 4}))
+    for div in (1, 4):
+        grid.append(("entropy", "steps=N" if div == 1 else f"steps=N/{div}", {"steps": n // div}))
+    for tau in (0.99, 0.95, 0.9, 0.8, 0.7, 0.6):
+        grid.append(("threshold", f"tau={tau}", {"threshold": tau}))
+    for gamma in (0.01, 0.1, 0.3, 1.0):
+        grid.append(("entropy_bound", f"gamma={gamma}", {"entropy_bound": gamma}))
+    grid.append(("ccd", "fixed (seek_mode=False)", {"seek_mode": False}))
+    for ratio in (4.0, 8.0, 16.0):
+        grid.append(("ccd", f"DS expand_ratio={ratio:g}", {"seek_mode": True, "expand_ratio": ratio}))
+    grid.append(("ccd_marginal", "fixed budget", {"ccd_entropy_threshold": None}))
+    grid.append(("ccd_marginal", "DS eps=0.1", {"ccd_entropy_threshold": 0.1}))
+    for v in (8, 16, 32):
+        grid.append(("ccd_marginal", f"DS eps=0.1 V={v}", {"ccd_entropy_threshold": 0.1, "ccd_top_v": v}))
+    grid.append(("ccd_marginal", "DS eps=0.3 V=16", {"ccd_entropy_threshold": 0.3, "ccd_top_v": 16}))
+    grid.append(("ccd_marginal", "DS eps=0.1 V=16 tokens=current",
+                 {"ccd_entropy_threshold": 0.1, "ccd_top_v": 16, "ccd_tokens_from": "current"}))
+    return grid
+
+
+#: The grid of each task.
+GRIDS = {"copy-one-of-two": budget_grid, "one-class-upper": dependency_grid}
+#: Default number of held-out problems per task (full, quick): the long task costs ~3x per pass.
+N_PROBLEMS = {"copy-one-of-two": (256, 64), "one-class-upper": (128, 32)}
+
+
 def evaluate_setting(model, tokenizer, task, problems, config: DiffusionGenerationConfig,
                      batch_size: int) -> dict[str, Any]:
     """Exact match, mean NFE per sequence, wall time and sequences/s for one config."""
@@ -103,31 +152,42 @@ def evaluate_setting(model, tokenizer, task, problems, config: DiffusionGenerati
 
 def accuracy_vs_nfe(model_path: str | None, quick: bool, batch_size: int = 128,
                     n_problems: int | None = None, progress: bool = True, temperature: float = 0.0,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, task_name: str = "copy-one-of-two") -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from decoding.tiny_dlm import load_tiny_dlm
+    from decoding.tiny_task import task_name as name_of
 
-    model, tokenizer, task = load_tiny_dlm(model_path, progress=progress)
-    n_problems = n_problems or (64 if quick else 256)
+    model, tokenizer, task = load_tiny_dlm(model_path, progress=progress, task=task_name)
+    n_problems = n_problems or N_PROBLEMS[task_name][1 if quick else 0]
     problems = task.problems(n_problems, seed=12345)  # the held-out split the trainer excluded
     n = task.gen_length
     results = []
-    for strategy, label, fields_ in tqdm(budget_grid(n, quick), desc="bench settings", disable=not progress):
+    grid = GRIDS[name_of(task)](n, quick)
+    for strategy, label, fields_ in tqdm(grid, desc=f"bench {task_name} T={temperature:g}", disable=not progress):
         config = DiffusionGenerationConfig(gen_length=n, strategy=strategy, temperature=temperature,
                                            **{"seed": seed, **fields_})
         row = {"strategy": strategy, "setting": label, "config": {k: v for k, v in fields_.items()}}
         row.update(evaluate_setting(model, tokenizer, task, problems, config, batch_size))
         results.append(row)
-    return {"task": {"name": "copy-one-of-two", **vars(task)}, "n_problems": n_problems, "gen_length": n,
+    return {"task": {"name": name_of(task), **vars(task)}, "n_problems": n_problems, "gen_length": n,
             "temperature": temperature, "seed": seed,
             "results": results, "targets": ccd_target(results, n)}
 
 
 def ccd_target(results: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    """CCD-DS vs the one-token-per-step confidence baseline: best NFE reduction at >= baseline accuracy."""
+    """CCD-DS vs the one-token-per-step confidence baseline: best NFE reduction at >= baseline accuracy; the
+    same for Fast-dLLM ``threshold`` and EB-Sampler (``entropy_bound``) under ``"others"``."""
     base = next(r for r in results if (r["strategy"], r["setting"]) == BASELINE)
     summary: dict[str, Any] = {"baseline": {k: base[k] for k in ("accuracy", "mean_nfe")}}
+    others = {}
+    for name in ("threshold", "entropy_bound"):
+        ok = [r for r in results if r["strategy"] == name and r["accuracy"] >= base["accuracy"]]
+        best = min(ok, key=lambda r: r["mean_nfe"]) if ok else None
+        others[name] = None if best is None else {
+            "setting": best["setting"], "accuracy": best["accuracy"], "mean_nfe": best["mean_nfe"],
+            "nfe_reduction": round(base["mean_nfe"] / best["mean_nfe"], 3)}
+    summary["others_at_equal_or_better_accuracy"] = others
     for name in ("ccd", "ccd_marginal"):
         ds = [r for r in results if r["strategy"] == name and "DS" in r["setting"]]
         ok = [r for r in ds if r["accuracy"] >= base["accuracy"]]
@@ -226,7 +286,7 @@ def measure_overhead(model_ref: str = "smollm2-135m-instruct", batch_sizes: tupl
 
 
 # -------------------------------------------------------------------------------------------------------------
-def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
+def plot(results: list[dict[str, Any]], path: Path, title: str = "", task: str = "copy-one-of-two") -> None:
     from harness.evaluation import plot_curves
 
     series = {}
@@ -235,7 +295,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
         series[strategy] = {"x": [r["mean_nfe"] for r in rows], "y": [r["accuracy"] for r in rows]}
     base = next((r for r in results if (r["strategy"], r["setting"]) == BASELINE), None)
     plot_curves(series, path, "mean forward passes per sequence (NFE)", "exact-match accuracy",
-                title=f"Tiny DLM, copy-one-of-two task: accuracy vs NFE {title}".strip(),
+                title=f"Tiny DLM, {task} task: accuracy vs NFE {title}".strip(),
                 hlines={"baseline accuracy": base["accuracy"]} if base else None,
                 vlines={"baseline NFE / 3": base["mean_nfe"] / 3} if base else None)
 
@@ -243,8 +303,12 @@ def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
 def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path: str | None = None,
               overhead_model: str | None = "smollm2-135m-instruct", batch_size: int = 128,
               n_problems: int | None = None, threads: int | None = None,
-              temperatures: tuple[float, ...] = (0.0, 1.0)) -> dict[str, Any]:
-    """Run both parts and write ``bench.json`` / ``bench.png``; returns the report dict."""
+              temperatures: tuple[float, ...] = (0.0, 1.0),
+              tasks: tuple[str, ...] = ("copy-one-of-two", "one-class-upper")) -> dict[str, Any]:
+    """Run both parts and write ``bench.json`` / ``bench.png``; returns the report dict.
+
+    ``model_path`` replaces the packaged checkpoint of the first task in ``tasks`` (the others load theirs).
+    """
     if threads:
         torch.set_num_threads(threads)
     out = Path(out_dir)
@@ -255,13 +319,19 @@ def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path
                  "threads": torch.get_num_threads()},
     }
     report["accuracy_vs_nfe"] = {}
-    for temperature in temperatures:
-        key = f"temperature={temperature:g}"
-        report["accuracy_vs_nfe"][key] = accuracy_vs_nfe(model_path, quick, batch_size, n_problems,
-                                                         temperature=temperature)
-        suffix = "" if temperature == temperatures[0] else f"_t{temperature:g}"
-        plot(report["accuracy_vs_nfe"][key]["results"], out / f"bench{suffix}.png", title=key)
-        (out / "bench.json").write_text(json.dumps(report, indent=1))
+    for index, task in enumerate(tasks):
+        if task not in GRIDS:
+            raise ValueError(f"unknown bench task {task!r}; choose from {sorted(GRIDS)}")
+        report["accuracy_vs_nfe"][task] = {}
+        for temperature in temperatures:
+            key = f"temperature={temperature:g}"
+            part = accuracy_vs_nfe(model_path if index == 0 else None, quick, batch_size, n_problems,
+                                   temperature=temperature, task_name=task)
+            report["accuracy_vs_nfe"][task][key] = part
+            prefix = "bench" if task == "copy-one-of-two" else f"bench_{task}"
+            suffix = "" if temperature == temperatures[0] else f"_t{temperature:g}"
+            plot(part["results"], out / f"{prefix}{suffix}.png", title=key, task=task)
+            (out / "bench.json").write_text(json.dumps(report, indent=1))
     if overhead_model:
         report["overhead"] = measure_overhead(
             overhead_model, gen_length=16 if quick else 32, repeats=1 if quick else 2,

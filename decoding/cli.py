@@ -84,9 +84,10 @@ def _bench(args: argparse.Namespace) -> None:
     report = run_bench(args.out, quick=args.quick, model_path=args.model_path,
                        overhead_model=None if args.no_overhead else args.overhead_model,
                        batch_size=args.batch_size, n_problems=args.n_problems, threads=args.threads,
-                       temperatures=tuple(args.temperatures))
-    for key, part in report["accuracy_vs_nfe"].items():
-        print(key, json.dumps(part["targets"], indent=1))
+                       temperatures=tuple(args.temperatures), tasks=tuple(args.tasks))
+    for task, parts in report["accuracy_vs_nfe"].items():
+        for key, part in parts.items():
+            print(task, key, json.dumps(part["targets"], indent=1))
     if "overhead" in report:
         ov = report["overhead"]
         print(json.dumps({"max_overhead_fraction": ov["max_overhead_fraction"],
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     bench.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0],
                        help="sampling temperatures to sweep (default: 0 1)")
+    bench.add_argument("--tasks", nargs="+", choices=["copy-one-of-two", "one-class-upper"],
+                       default=["copy-one-of-two", "one-class-upper"],
+                       help="tiny-DLM tasks to benchmark (default: both; --model-path replaces the first one's model)")
 
     sub.add_parser("train-tiny", help="train the tiny DLM (runs scripts/train_tiny_dlm.py; pass its flags after)",
                    add_help=False)

@@ -32,6 +32,11 @@ class DiffusionGenerationConfig:
             ``None`` means ``gen_length`` (one token per step). Adaptive strategies (``threshold``,
             ``entropy_bound``, CCD-DS) may finish a block early; a block never runs past the point where it has
             no mask left.
+        fixed_steps (bool, False): run every block for its full step budget (``steps / num_blocks`` forward
+            passes) even when it has no mask left earlier, as LLaDA ``generate`` and Dream
+            ``diffusion_generate`` do (their loops have no early exit), so NFE is comparable with their
+            papers. Off by default: steps that could commit nothing are skipped. A block with masks left after
+            its budget (CCD with steps not dividing the block) still runs on until it is full.
         strategy (str, "low_confidence"): one of :data:`STRATEGIES`, see ``decoding.strategies``.
 
     Sampling (all strategies)
@@ -39,7 +44,10 @@ class DiffusionGenerationConfig:
             from softmax(logits / temperature) after top-p / top-k.
         top_p (float | None), top_k (int | None): Dream-style nucleus / top-k filtering.
         cfg_scale (float, 0.0): LLaDA classifier-free guidance; the unconditional pass masks the prompt.
-        suppress_eos (bool, False): LLaDA ``logits_eos_inf``: EOS / EoT logits set to -inf before sampling.
+        suppress_eos (bool, False): LLaDA ``logits_eos_inf``: the EOS logit set to -inf before sampling.
+        suppress_eos_scope (str, "eos"): which ids ``suppress_eos`` hits: ``"eos"`` = the model's EOS only
+            (``config.eos_token_id``, else the tokenizer's), as LLaDA's ``logits_eos_inf`` (it hard-codes
+            126081); ``"eos_eot"`` = EOS and the end-of-turn tokens (the wider form, not LLaDA's).
         defer_eos (bool, False): LLaDA ``confidence_eos_eot_inf`` done as intended (the reference only hits
             EoT): positions whose sampled token is EOS / EoT get confidence -inf.
         seed (int | None, None): seeds the loop's own ``torch.Generator`` (same seed, same output).
@@ -66,12 +74,14 @@ class DiffusionGenerationConfig:
     gen_length: int = 128
     block_length: int | None = None
     steps: int | None = None
+    fixed_steps: bool = False
     strategy: str = "low_confidence"
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
     cfg_scale: float = 0.0
     suppress_eos: bool = False
+    suppress_eos_scope: str = "eos"
     defer_eos: bool = False
     seed: int | None = None
     alg_temp: float | None = None
@@ -137,6 +147,8 @@ class DiffusionGenerationConfig:
             )
         if self.strategy not in STRATEGIES:
             raise bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
+        if self.suppress_eos_scope not in ("eos", "eos_eot"):
+            raise bad("suppress_eos_scope", "choose 'eos' (LLaDA logits_eos_inf) or 'eos_eot' (EOS and end-of-turn)")
         if self.temperature < 0:
             raise bad("temperature", "must be >= 0 (0 = greedy)")
         if self.top_p is not None and not 0 < self.top_p <= 1:

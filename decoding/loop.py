@@ -3,7 +3,7 @@
     canvas x = [prompt | MASK x gen_length]            (left-padded prompts: the 2D mask gets gen_length ones)
     for each block of block_length positions (semi-autoregressive, LLaDA generate.py):
         strategy.start_block(block mask, steps_per_block)
-        while the block still has a mask in some row:
+        while the block still has a mask in some row (fixed_steps: or fewer than steps_per_block steps ran):
             logits = model(x)                           one forward pass = one NFE (CFG: one doubled batch)
             logits = logits_hook(step, x, logits)       optional, Dream's generation_logits_hook_func
             commit, tokens = strategy.select(block)     which masked positions to fill, and with what
@@ -119,6 +119,8 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(config.seed)
     eos = torch.tensor(adapter.eos_token_ids, dtype=torch.long, device=device)
     defer_ids = eos if config.defer_eos else None
+    suppressed = eos if config.suppress_eos_scope == "eos_eot" else torch.tensor(
+        adapter.eos_only_token_ids, dtype=torch.long, device=device)
 
     nfe, step_count = 0, 0
     nfe_per_row = torch.zeros(batch, dtype=torch.long, device=device)
@@ -135,7 +137,9 @@ def generate(
         while True:
             block_mask = x[:, lo:hi] == mask_id
             active = block_mask.any(-1)
-            if not bool(active.any()):
+            # fixed_steps: the references' step count (LLaDA / Dream run every step of the budget).
+            padded = config.fixed_steps and step < steps_per_block
+            if not bool(active.any()) and not padded:
                 break
             if step >= max_steps_per_block:
                 raise RuntimeError(
@@ -144,12 +148,12 @@ def generate(
                 )
             logits = _forward(adapter, x, attention_mask, prompt_length, config.cfg_scale)
             nfe += 1
-            nfe_per_row += active
+            nfe_per_row += active | padded
             if logits_hook is not None:
                 logits = _keep(logits_hook(step_count, x, logits), logits)
             block_logits = logits[:, lo:hi].float()
-            if config.suppress_eos and eos.numel():
-                block_logits[..., eos] = float("-inf")
+            if config.suppress_eos and suppressed.numel():
+                block_logits[..., suppressed] = float("-inf")
             commit, tokens = strategy.select(StepInput(
                 step=step, steps=steps_per_block, logits=block_logits, tokens=x[:, lo:hi], mask=block_mask,
                 config=config, generator=generator, defer_ids=defer_ids,

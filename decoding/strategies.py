@@ -339,7 +339,24 @@ class CCDOfficial(Strategy):
 
     Deliberate differences: batched (per-row ``n_v``, buffers and late stage; the release only works at
     batch 1); ranks only range over masked positions (the release clamps its look-ahead to the mask count
-    in most branches); ``k`` is at least 1; ``alg_temp`` is not supported (the release's is untested).
+    in most branches); ``alg_temp`` is not supported (the release's is untested).
+
+    Where the release departs from itself (checked against ``model.py`` at cfcfd92, loop
+    ``for i in range(steps)``), and what this class does instead (each case has a test):
+
+    * **Fewer masks than k** (k >= 2, near the end, e.g. after CCD-DS committed extra tokens, or T not
+      dividing N): the release's ``torch.topk(full_confidence, k)`` also picks non-mask positions (confidence
+      -inf) and writes ``x_`` there, which holds MASK outside the masked positions: it *re-masks* decoded or
+      prompt tokens. Here a step commits at most the masks it has; committed and prompt tokens never change.
+    * **T does not divide N**: the release uses ``k = int(N / T)`` and stops after T passes with
+      ``N - kT`` masks left (fixed budget). Here the block runs on with plain top-k steps until it is full:
+      fixed-budget CCD then takes ``ceil(N / k)`` passes (N = 10, T = 4: 5 passes), not T.
+    * **T > N**: the release's ``k = int(N / T) = 0`` commits nothing in T passes (its ``if
+      number_transfer_tokens > 0`` skips every step). Here ``k = max(1, N // T)``: one token per step, N
+      passes (``fixed_steps=True`` pads to T passes, as the release's loop would run).
+    * **Step count**: the release reports ``finish_step``, the loop index at exit, which is NFE - 1 (NFE
+      when the block fills during the first ``warmup_steps`` steps, where its top-of-loop check breaks).
+      ``DiffusionOutput.nfe`` / ``nfe_per_row`` here count forward passes.
     """
 
     name = "ccd"

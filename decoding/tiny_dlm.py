@@ -1,4 +1,6 @@
-"""A tiny LLaDA-style masked diffusion LM, trained from scratch on :class:`~decoding.tiny_task.CopyOneTask`.
+"""Tiny LLaDA-style masked diffusion LMs, trained from scratch on the synthetic tasks of :mod:`decoding.tiny_task`
+(``copy-one-of-two``, :class:`~decoding.tiny_task.CopyOneTask`, gen_length 24; ``one-class-upper``,
+:class:`~decoding.tiny_task.OneClassUpperTask`, gen_length 64).
 
 The model is a stock ``LlamaForCausalLM`` that always attends bidirectionally (a 4D all-visible mask),
 with ``config.mask_token_id``, ``config.shift_logits = False`` (LLaDA convention: logits at i predict
@@ -24,21 +26,35 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from decoding.tiny_task import CopyOneTask
+from decoding.tiny_task import CopyOneTask, OneClassUpperTask, task_from_dict, task_name
 
-ASSET_DIR = Path(__file__).parent / "assets" / "tiny-copy-dlm"
+#: Checkpoint folder name per task (under ``decoding/assets`` or the cache).
+CHECKPOINT_NAMES = {"copy-one-of-two": "tiny-copy-dlm", "one-class-upper": "tiny-case-dlm"}
+DEFAULT_TASK = "copy-one-of-two"
+ASSET_DIR = Path(__file__).parent / "assets" / CHECKPOINT_NAMES[DEFAULT_TASK]
 
 
-def cache_dir() -> Path:
-    """``$CMIKIT_CACHE/decoding/tiny-copy-dlm`` (default ``~/.cache/cmikit``)."""
+def asset_dir(task: str = DEFAULT_TASK) -> Path:
+    """The packaged checkpoint folder of ``task``."""
+    return Path(__file__).parent / "assets" / CHECKPOINT_NAMES[task]
+
+
+def cache_dir(task: str = DEFAULT_TASK) -> Path:
+    """``$CMIKIT_CACHE/decoding/<checkpoint>`` (default ``~/.cache/cmikit``)."""
     root = Path(os.environ.get("CMIKIT_CACHE", Path.home() / ".cache" / "cmikit"))
-    return root / "decoding" / "tiny-copy-dlm"
+    return root / "decoding" / CHECKPOINT_NAMES[task]
 
 
 @dataclass
 class TinyDLMTrainConfig:
-    """Everything that determines the trained weights (same config + same seed = same checkpoint)."""
+    """Everything that determines the trained weights (same config + same seed = same checkpoint).
 
+    ``task`` picks the problem family; ``n_diff`` applies to ``copy-one-of-two`` only, ``choice`` to
+    ``one-class-upper`` only. :func:`train_config_for` gives each task's shipped settings.
+    """
+
+    task_name: str = DEFAULT_TASK
+    choice: str = "abcd"
     length: int = 24
     n_diff: int = 6
     alphabet: str = "abcdefgh"
@@ -58,8 +74,28 @@ class TinyDLMTrainConfig:
     heldout_seed: int = 12345
     n_heldout: int = 512
 
-    def task(self) -> CopyOneTask:
-        return CopyOneTask(length=self.length, n_diff=self.n_diff, alphabet=self.alphabet, gen_length=self.gen_length)
+    def task(self) -> CopyOneTask | OneClassUpperTask:
+        if self.task_name == "one-class-upper":
+            return OneClassUpperTask(length=self.length, alphabet=self.alphabet, choice=self.choice,
+                                     gen_length=self.gen_length)
+        if self.task_name == "copy-one-of-two":
+            return CopyOneTask(length=self.length, n_diff=self.n_diff, alphabet=self.alphabet,
+                               gen_length=self.gen_length)
+        raise ValueError(f"task_name={self.task_name!r}: choose one of {sorted(CHECKPOINT_NAMES)}")
+
+
+#: Per-task settings of the shipped checkpoints (the rest are the dataclass defaults).
+TASK_TRAIN_SETTINGS: dict[str, dict] = {
+    "copy-one-of-two": {},
+    "one-class-upper": {"length": 64, "gen_length": 64, "num_layers": 4, "steps": 3000, "save_every": 500},
+}
+
+
+def train_config_for(task: str = DEFAULT_TASK, **overrides) -> TinyDLMTrainConfig:
+    """The shipped training settings of ``task`` with ``overrides`` applied."""
+    if task not in TASK_TRAIN_SETTINGS:
+        raise ValueError(f"task={task!r}: choose one of {sorted(TASK_TRAIN_SETTINGS)}")
+    return TinyDLMTrainConfig(**{"task_name": task, **TASK_TRAIN_SETTINGS[task], **overrides})
 
 
 def _tokenizer():
@@ -72,7 +108,8 @@ def build_model(cfg: TinyDLMTrainConfig, tokenizer) -> torch.nn.Module:
     """A randomly initialised bidirectional Llama mask predictor sized by ``cfg``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    prompt_len = 2 * cfg.length + 2
+    task = cfg.task()
+    prompt_len = len(task.sample(random.Random(0))[0])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -89,7 +126,7 @@ def build_model(cfg: TinyDLMTrainConfig, tokenizer) -> torch.nn.Module:
     config.mask_token_id = tokenizer.mask_token_id
     config.shift_logits = False
     config.is_bidirectional = True
-    config.tiny_dlm_task = asdict(cfg.task())
+    config.tiny_dlm_task = {"name": task_name(task), **asdict(task)}
     # Eager attention: on CPU it is ~3x faster than sdpa with an explicit 4D mask at this size.
     config._attn_implementation = "eager"
     return LlamaForCausalLM(config)
@@ -136,7 +173,7 @@ def train_tiny_dlm(cfg: TinyDLMTrainConfig, output_dir: str | Path, progress: bo
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     log = []
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     bar = tqdm(range(cfg.steps), desc="train tiny DLM", disable=not progress)
     for step in bar:
         batch = []
@@ -159,13 +196,16 @@ def train_tiny_dlm(cfg: TinyDLMTrainConfig, output_dir: str | Path, progress: bo
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            log.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)})
+            log.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1),
+                        "cpu_seconds": round(time.process_time() - cpu_start, 1)})
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if cfg.save_every and step and step % cfg.save_every == 0:
             _save(model, Path(output_dir) / "partial", {"step": step, "log": log})
             model.train()
 
-    summary = {"train_config": asdict(cfg), "train_seconds": round(time.time() - start, 1), "log": log}
+    summary = {"train_config": asdict(cfg), "train_seconds": round(time.time() - start, 1),
+               "train_cpu_seconds": round(time.process_time() - cpu_start, 1), "threads": torch.get_num_threads(),
+               "log": log}
     return _save(model, Path(output_dir), summary)
 
 
@@ -178,21 +218,21 @@ def _save(model: torch.nn.Module, out: Path, summary: dict) -> Path:
     return out
 
 
-def load_tiny_dlm(path: str | Path | None = None, train_if_missing: bool = True, progress: bool = True):
-    """``(model, tokenizer, task)`` for the trained tiny DLM.
+def load_tiny_dlm(path: str | Path | None = None, train_if_missing: bool = True, progress: bool = True,
+                  task: str = DEFAULT_TASK):
+    """``(model, tokenizer, task)`` for the trained tiny DLM of ``task``.
 
-    Looks in ``path``, else the packaged ``decoding/assets/tiny-copy-dlm``, else the cache
+    Looks in ``path``, else the packaged ``decoding/assets/<checkpoint>``, else the cache
     (``$CMIKIT_CACHE``); trains into the cache when none exists and ``train_if_missing``.
     """
     from transformers import LlamaForCausalLM
 
-    candidates = [Path(path)] if path else [ASSET_DIR, cache_dir()]
+    candidates = [Path(path)] if path else [asset_dir(task), cache_dir(task)]
     found = next((c for c in candidates if (c / "model.safetensors").exists()), None)
     if found is None:
         if not train_if_missing:
             raise FileNotFoundError(f"No tiny DLM checkpoint in {[str(c) for c in candidates]}; run "
                                     "`python scripts/train_tiny_dlm.py` first.")
-        found = train_tiny_dlm(TinyDLMTrainConfig(), candidates[-1], progress=progress)
+        found = train_tiny_dlm(train_config_for(task), candidates[-1], progress=progress)
     model = LlamaForCausalLM.from_pretrained(found).eval()
-    task = CopyOneTask(**model.config.tiny_dlm_task)
-    return model, _tokenizer(), task
+    return model, _tokenizer(), task_from_dict(model.config.tiny_dlm_task)

@@ -1,9 +1,12 @@
-"""Train the tiny LLaDA-style diffusion LM used by `dlm-decode bench` (about 10 minutes on 2 CPU cores).
+"""Train a tiny LLaDA-style diffusion LM used by `dlm-decode bench` (deterministic: same arguments, same weights).
 
-    python scripts/train_tiny_dlm.py                      # writes decoding/assets/tiny-addition-dlm
+    python scripts/train_tiny_dlm.py                                  # copy-one-of-two -> decoding/assets/tiny-copy-dlm
+    python scripts/train_tiny_dlm.py --task-name one-class-upper      # -> decoding/assets/tiny-case-dlm
     python scripts/train_tiny_dlm.py --output DIR --steps 500
 
-Deterministic: the same arguments give the same weights. See decoding/tiny_dlm.py for the objective.
+Each task has its shipped settings (decoding.tiny_dlm.TASK_TRAIN_SETTINGS); flags override them. Budget on
+1 CPU thread: one-class-upper about 12 CPU-minutes (train_log.json records wall and CPU seconds and
+the thread count). See decoding/tiny_dlm.py for the objective and decoding/tiny_task.py for the tasks.
 """
 
 from __future__ import annotations
@@ -17,15 +20,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from decoding.tiny_dlm import ASSET_DIR, TinyDLMTrainConfig, train_tiny_dlm  # noqa: E402
+from decoding.tiny_dlm import (  # noqa: E402
+    DEFAULT_TASK,
+    TASK_TRAIN_SETTINGS,
+    TinyDLMTrainConfig,
+    asset_dir,
+    train_config_for,
+    train_tiny_dlm,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task-name", default=DEFAULT_TASK, choices=sorted(TASK_TRAIN_SETTINGS))
+    task = pre.parse_known_args(argv)[0].task_name
+    defaults = dataclasses.asdict(train_config_for(task))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(ASSET_DIR), help="checkpoint folder (default: %(default)s)")
+    parser.add_argument("--output", default=str(asset_dir(task)), help="checkpoint folder (default: %(default)s)")
     for f in dataclasses.fields(TinyDLMTrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                            help=f"default: {f.default}")
+        kwargs = {"choices": sorted(TASK_TRAIN_SETTINGS)} if f.name == "task_name" else {}
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=defaults[f.name],
+                            help=f"default: {defaults[f.name]}", **kwargs)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

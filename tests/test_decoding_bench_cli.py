@@ -83,3 +83,82 @@ def test_cli_generate_with_a_checkpoint_folder(tmp_path, capsys):
     tok.save_pretrained(tmp_path)
     main(["generate", "--model", str(tmp_path), "--prompt", "abc,abd=", "--gen-length", "4", "--strategy", "threshold"])
     assert '"nfe"' in capsys.readouterr().out
+
+
+def test_one_class_upper_task_is_exact_and_punishes_the_majority_vote():
+    from decoding.tiny_task import OneClassUpperTask, task_from_dict, task_name
+
+    task = OneClassUpperTask(length=32, gen_length=34)
+    prompt, answer = task.sample(random.Random(3))
+    x = prompt.rstrip("=")
+    assert x.islower() and len(x) == 32 and answer.lower() == x
+    upper = {c for c in answer if c.isupper()}
+    assert len(upper) <= 1 and upper <= set(task.choice.upper())
+    assert task.is_correct(prompt, answer + "<eos>")
+    for c in task.choice:
+        assert task.is_correct(prompt, x.replace(c, c.upper()))
+    # The per-position majority (every choice letter lower-case) is never an answer when all letters occur.
+    if set(task.choice) <= set(x):
+        assert not task.is_correct(prompt, x)
+    # Two letters upper-cased, or one letter half upper-cased: wrong.
+    assert not task.is_correct(prompt, x.replace("a", "A").replace("b", "B")) or not {"a", "b"} <= set(x)
+    i = x.index(answer[[c.isupper() for c in answer].index(True)].lower()) if upper else None
+    if i is not None and answer.count(answer[i]) > 1:
+        assert not task.is_correct(prompt, answer[:i] + answer[i].lower() + answer[i + 1:])
+    assert task_from_dict({"name": task_name(task), **vars(task)}) == task
+    assert task_from_dict({"length": 4, "n_diff": 1, "alphabet": "ab", "gen_length": 4}).n_diff == 1
+    held = task.problems(10, seed=1)
+    assert not {p for p, _ in held} & {p for p, _ in task.problems(10, seed=2, exclude={p for p, _ in held})}
+
+
+def test_dependency_grid_validates_and_targets_cover_threshold_and_eb():
+    from decoding.bench import dependency_grid
+
+    for quick in (True, False):
+        grid = dependency_grid(64, quick)
+        assert (BASELINE[0], BASELINE[1]) in {(s, label) for s, label, _ in grid}
+        for strategy, _, fields in grid:
+            DiffusionGenerationConfig(gen_length=64, strategy=strategy, **fields)
+    from decoding.config import STRATEGIES
+
+    assert {s for s, _, _ in dependency_grid(64, False)} == set(STRATEGIES)
+    results = [
+        {"strategy": "low_confidence", "setting": "steps=N", "accuracy": 0.9, "mean_nfe": 64.0},
+        {"strategy": "threshold", "setting": "tau=0.7", "accuracy": 0.1, "mean_nfe": 3.0},
+        {"strategy": "threshold", "setting": "tau=0.9", "accuracy": 0.95, "mean_nfe": 8.0},
+    ]
+    others = ccd_target(results, 64)["others_at_equal_or_better_accuracy"]
+    assert others["threshold"]["setting"] == "tau=0.9" and others["threshold"]["nfe_reduction"] == 8.0
+    assert others["entropy_bound"] is None
+
+
+def test_train_config_per_task_builds_a_model_with_the_task_stored():
+    from decoding.tiny_dlm import build_model, train_config_for
+    from decoding.tiny_task import OneClassUpperTask, task_from_dict
+
+    cfg = train_config_for("one-class-upper", hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    model = build_model(cfg, tiny_tokenizer())
+    assert isinstance(task_from_dict(model.config.tiny_dlm_task), OneClassUpperTask)
+    assert model.config.max_position_embeddings >= 65 + 64
+
+
+def test_shipped_one_class_upper_model_punishes_committing_coupled_positions_together():
+    from decoding import generate
+    from decoding.tiny_dlm import encode_problems, load_tiny_dlm
+
+    torch.set_num_threads(1)
+    model, tok, task = load_tiny_dlm(task="one-class-upper", train_if_missing=False, progress=False)
+    assert task.gen_length == 64 and sum(p.numel() for p in model.parameters()) * 4 <= 2 * 2**20
+    problems = task.problems(8, seed=12345)
+    prompts, _ = encode_problems(problems, tok, task.gen_length)
+
+    def decoded(**fields):
+        out = generate(model, prompts, DiffusionGenerationConfig(gen_length=64, **fields))
+        return ["".join(tok.convert_ids_to_tokens(row.tolist())) for row in out.generated], out
+
+    texts, out = decoded(strategy="threshold", threshold=0.99)
+    assert sum(task.is_correct(p, t) for (p, _), t in zip(problems, texts)) >= 7 and out.nfe < 16
+    # tau = 0.6 commits every choice position (lower-case marginal ~0.75) in the first pass: never an answer.
+    texts, out = decoded(strategy="threshold", threshold=0.6)
+    assert out.nfe == 1 and not any(task.is_correct(p, t) for (p, _), t in zip(problems, texts))
+    assert all(t == p.rstrip("=") for (p, _), t in zip(problems, texts))  # the all-lower-case chimera

@@ -186,3 +186,31 @@ def test_custom_generate_callable_and_folder_match_the_loop(llada):
     via_folder = llada.generate(ids, custom_generate=CUSTOM_GENERATE_DIR, trust_remote_code=True,
                                 diffusion_config=config)
     assert via_folder.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("scope,banned", [("eos", {"eos"}), ("eos_eot", {"eos", "eot"})])
+def test_suppress_eos_scope_eos_only_like_llada_or_eos_and_eot(llada, scope, banned):
+    from decoding.adapters import DiffusionModelAdapter
+
+    eos, eot = llada.config.eos_token_id, 40
+    adapter = DiffusionModelAdapter(llada, llada.config.mask_token_id, eos_token_ids=sorted({eos, eot}),
+                                    eos_only_token_ids=[eos])
+    # The hook makes EOS at even positions and EoT at odd ones the overwhelming prediction.
+    def hook(step, x, logits):
+        logits = logits.clone()
+        logits[:, 0::2, eos] = 50.0
+        logits[:, 1::2, eot] = 50.0
+        return logits
+
+    out = generate(adapter, torch.tensor([PROMPTS[0]]), DiffusionGenerationConfig(
+        gen_length=16, suppress_eos=True, suppress_eos_scope=scope), logits_hook=hook)
+    generated = set(out.generated[0].tolist())
+    assert (eos in generated) is False
+    assert (eot in generated) is ("eot" not in banned)
+
+
+def test_adapter_eos_only_ids_come_from_the_model_config(llada):
+    tok = tiny_tokenizer()
+    adapter = adapt(llada, tok)
+    assert adapter.eos_only_token_ids == [llada.config.eos_token_id]
+    assert set(adapter.eos_only_token_ids) <= set(adapter.eos_token_ids)

@@ -136,7 +136,7 @@ def test_ccd_stable_predictions_grow_budget_to_vmax():
     assert out.commits_per_step[:, 0].tolist() == [1, 1, 1, 1, 1, 2, 3, 4, 2]
     assert sets[5] == [5, 6] and sets[6] == [7, 8, 9]
     out, _ = run(gen_oracle(conf), gen_length=16, steps=16, strategy="ccd", seek_mode=False)
-    assert out.commits_per_step[:, 0].tolist() == [1] * 16  # fixed-budget CCD takes exactly T steps
+    assert out.commits_per_step[:, 0].tolist() == [1] * 16  # fixed-budget CCD with T dividing N takes T steps
 
 
 def ccd_release_reference(predict, n: int, steps: int, seek: bool, warmup=5, ratio=4.0, late=0.1):
@@ -231,3 +231,75 @@ def test_ccd_marginal_prefers_context_insensitive_tokens():
     assert sets[:2] == [[0], [2]]
     _, sets = run(OracleModel(VOCAB, predict), gen_length=4, steps=4, strategy="entropy", corrected_schedule=True)
     assert sets[:2] == [[0], [1]]
+
+
+# ---- CCD where the release departs from itself (documented in CCDOfficial) --------------------------
+def assert_never_remasks(out, prompt_len=PROMPT):
+    """Prompt intact, a committed token never changes or returns to MASK, and the canvas ends full."""
+    prev = None
+    for canvas in out.history:
+        assert canvas[0, :prompt_len].tolist() == [5, 6]
+        if prev is not None:
+            done = prev != MASK
+            assert (canvas[0][done] == prev[done]).all()
+        prev = canvas[0]
+    assert (out.generated != MASK).all()
+
+
+@pytest.mark.parametrize("n,steps,seek", [(10, 3, False), (10, 3, True), (16, 8, True), (12, 4, True)])
+def test_ccd_fewer_masks_than_k_commits_only_the_masks_left(n, steps, seek):
+    # k = n // steps >= 2. The release's top-k then picks non-mask positions and writes MASK over decoded or
+    # prompt tokens; here a step commits at most the masks it has.
+    conf = [0.99 - 0.01 * i for i in range(n)]
+    out, sets = run(gen_oracle(conf), gen_length=n, steps=steps, strategy="ccd", seek_mode=seek)
+    assert_never_remasks(out)
+    k = n // steps
+    assert all(1 <= len(s) for s in sets)
+    if not seek:
+        assert [len(s) for s in sets] == [k] * (n // k) + ([n % k] if n % k else [])
+
+
+def test_ccd_steps_not_dividing_length_finishes_the_block():
+    # N = 10, T = 4: k = 2. The release runs exactly T = 4 passes and returns with 2 masks left; here the
+    # block runs one more plain top-k step: 5 passes, no mask left.
+    out, sets = run(gen_oracle([0.99 - 0.01 * i for i in range(10)]), gen_length=10, steps=4, strategy="ccd",
+                    seek_mode=False)
+    assert out.nfe == 5 and [len(s) for s in sets] == [2, 2, 2, 2, 2]
+    assert_never_remasks(out)
+
+
+def test_ccd_more_steps_than_length_decodes_one_token_per_step():
+    # N = 4, T = 8: the release's k = int(N / T) = 0 commits nothing in 8 passes; here k = max(1, N // T) = 1.
+    model = gen_oracle([0.9, 0.8, 0.7, 0.6])
+    out, sets = run(model, gen_length=4, steps=8, strategy="ccd")
+    assert out.nfe == 4 and sets == [[0], [1], [2], [3]]
+    assert_never_remasks(out)
+    padded, padded_sets = run(gen_oracle([0.9, 0.8, 0.7, 0.6]), gen_length=4, steps=8, strategy="ccd",
+                              fixed_steps=True)
+    assert padded.nfe == 8 and padded.generated.tolist() == out.generated.tolist()
+    assert padded_sets == sets + [[]] * 4
+
+
+def test_ccd_nfe_is_the_number_of_forward_passes():
+    # The release reports finish_step, the loop index at exit (NFE - 1 when the last commit happens after
+    # warm-up); `nfe` here counts the passes the model actually ran.
+    model = gen_oracle([0.99 - 0.01 * i for i in range(16)])
+    out, _ = run(model, gen_length=16, steps=16, strategy="ccd", seek_mode=True)
+    assert out.nfe == model.calls == out.commits_per_step.shape[0] == 9
+
+
+# ---- fixed step count (references' NFE) -------------------------------------------------------------
+def test_fixed_steps_runs_the_references_step_count():
+    conf = [0.9 - 0.1 * i for i in range(6)]
+    skipped, _ = run(gen_oracle(conf), gen_length=6, steps=12)  # LLaDA: steps > length, half the steps empty
+    fixed, sets = run(gen_oracle(conf), gen_length=6, steps=12, fixed_steps=True)
+    assert (skipped.nfe, fixed.nfe) == (6, 12)
+    assert fixed.generated.tolist() == skipped.generated.tolist()
+    assert [len(s) for s in sets] == [1] * 6 + [0] * 6 and fixed.nfe_per_row.tolist() == [12]
+    # Dream origin reveals at random and may finish early; with fixed_steps it runs every step.
+    origin = [run(gen_oracle(conf), gen_length=6, steps=6, strategy="origin", seed=s, fixed_steps=True)[0].nfe
+              for s in range(4)]
+    assert origin == [6] * 4
+    # Blocks: each block runs its own budget.
+    out, _ = run(gen_oracle(conf), gen_length=6, block_length=3, steps=8, fixed_steps=True)
+    assert out.nfe == 8 and out.block_nfe == [4, 4]
