@@ -8,6 +8,7 @@ a no-op): plain attributes with documented defaults, ``validate()`` raising ``ha
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +143,10 @@ class DiffusionGenerationConfig:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"DiffusionGenerationConfig.{name}={getattr(self, name)!r} is invalid: {allowed}.")
 
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise bad(f.name, "must be a number, not NaN")
         if not isinstance(self.gen_length, int) or self.gen_length < 1:
             raise bad("gen_length", "must be a positive integer")
         if self.block_length is not None and (not isinstance(self.block_length, int) or self.block_length < 1):
