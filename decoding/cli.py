@@ -106,7 +106,26 @@ def _check_generate_args(args: argparse.Namespace) -> DiffusionGenerationConfig:
         if unknown:
             raise ConfigError(f"--prompt: the tiny DLM's character vocabulary has no {''.join(unknown)!r}; use "
                               "its letters (e.g. the task's a-h / A-H , =).")
+        context = _tiny_context()
+        total = len(args.prompt[0]) + config.gen_length
+        if context is not None and total > (config.max_context or context):
+            raise ConfigError(f"--prompt of {len(args.prompt[0])} characters + --gen-length {config.gen_length} = "
+                              f"{total} exceeds the tiny DLM's context of {context}; shorten one of them.")
     return config
+
+
+def _tiny_context() -> int | None:
+    """The packaged tiny DLM's context length, read from its config.json (no model load)."""
+    from decoding.tiny_dlm import ASSET_DIR, cache_dir
+
+    for folder in (ASSET_DIR, cache_dir()):
+        path = folder / "config.json"
+        if path.is_file():
+            try:
+                return int(json.loads(path.read_text()).get("max_position_embeddings"))
+            except (OSError, ValueError, TypeError):
+                return None
+    return None
 
 
 def _generate(args: argparse.Namespace) -> None:
