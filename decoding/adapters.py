@@ -19,9 +19,9 @@ KV caches (``cache="prefix"`` / ``"dual"``, see :class:`BlockKVCache`) work for 
 driven through a 4D mask (stock causal classes made bidirectional, ``is_bidirectional`` checkpoints): the
 adapter hands the model a cache object whose ``update`` returns the stored keys/values of the positions
 outside the window plus the window's fresh ones. Remote-code LLaDA / Dream checkpoints run their own
-modelling code: LLaDA's asserts that masked diffusion has no KV cache and Dream's has none for a
-bidirectional canvas, so both are refused with a message (Fast-dLLM ships modified modelling files for that);
-BERT-style encoders have no cache either.
+modelling code: LLaDA's asserts that masked diffusion has no KV cache and Dream's has no block cache for a
+bidirectional canvas, so both are refused with a message (Fast-dLLM ships modified modelling files for that,
+which this loop does not drive); BERT-style encoders have no cache either.
 
 A stock causal class without ``bidirectional=True`` is refused: it would attend causally and produce
 garbage for a masked-diffusion loop. The 4D mask comes from :func:`harness.testing.bidirectional_attention_mask`
@@ -148,10 +148,12 @@ class DiffusionModelAdapter:
         if mode == "none":
             return
         if self.kind in ("llada", "dream"):
+            why = ("its modelling code asserts that masked diffusion has no KV cache" if self.kind == "llada" else
+                   "its modelling code has no block cache for a bidirectional canvas")
             raise ModelRefError(
-                f"cache={mode!r}: the {self.kind} remote modelling code has no KV cache for a bidirectional "
-                "canvas (LLaDA's asserts it off, Dream's only caches causally); decode with cache='none', or load "
-                "the model with Fast-dLLM's modified modelling files and drive it with Fast-dLLM's generate."
+                f"cache={mode!r}: the {self.kind} remote-code checkpoint cannot reuse keys/values ({why}; "
+                "Fast-dLLM ships modified modelling files for that, which this loop does not drive); decode with "
+                "cache='none'."
             )
         if self.attention != "4d":
             raise ConfigError(

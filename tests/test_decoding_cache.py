@@ -118,7 +118,7 @@ def test_cache_refusals(two_layer):
                  logits_hook=lambda step, x, logits: None)
     fake_llada = adapt(two_layer)
     fake_llada.kind = "llada"
-    with pytest.raises(ModelRefError, match="llada remote modelling code has no KV cache"):
+    with pytest.raises(ModelRefError, match="llada remote-code checkpoint cannot reuse"):
         generate(fake_llada, torch.tensor([[1, 2]]), config("low_confidence", cache="dual"))
     with pytest.raises(ConfigError, match="cache="):
         DiffusionGenerationConfig(cache="full")
