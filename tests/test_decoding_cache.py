@@ -141,3 +141,24 @@ def test_tiny_dlm_cached_outputs_agree_with_no_cache():
             cached = generate(model, prompts, cfg.update(cache=cache)).generated
             agree = (cached == plain).all(-1).float().mean().item()
             assert agree >= 0.95, (strategy, cache, agree)
+
+
+def test_bench_cache_report_has_every_mode_and_the_speedups(monkeypatch):
+    """The ``"cache"`` object of bench.json, on a tiny random model standing in for SmolLM2 (timing only)."""
+    import harness.models
+    from decoding.bench_cache import MODES, cache_report
+    from harness.testing import tiny_causal_lm, tiny_tokenizer
+
+    monkeypatch.setattr(harness.models, "load_model", lambda ref, **kw: (tiny_causal_lm(), tiny_tokenizer()))
+    report = cache_report(quick=True, progress=False)
+    for mode in MODES:
+        row = report[mode]
+        for key in ("tokens_per_second", "seconds", "mean_nfe", "accuracy", "speedup", "tokens_per_sequence"):
+            assert key in row, (mode, key)
+        assert set(row["accuracy_by_strategy"]) == {"low_confidence", "threshold", "ccd"}
+        assert row["mean_nfe"] == report["speed_setting"]["gen_length"]  # one token per step, every mode
+    assert report["none"]["speedup"] == 1.0
+    assert report["none"]["tokens_per_sequence"] > report["prefix"]["tokens_per_sequence"] > \
+        report["dual"]["tokens_per_sequence"]
+    assert report["targets"]["applies"] is False and "max_accuracy_gap" in report["targets"]
+    assert report["load_average"]["before"] is not None
