@@ -162,3 +162,17 @@ def test_bench_cache_report_has_every_mode_and_the_speedups(monkeypatch):
         report["dual"]["tokens_per_sequence"]
     assert report["targets"]["applies"] is False and "max_accuracy_gap" in report["targets"]
     assert report["load_average"]["before"] is not None
+
+
+def test_cli_generate_with_dual_cache_and_reference_numerics(capsys):
+    import json
+
+    from decoding.cli import main
+
+    prompt = "abcdefghabcdefghabcdefgh,abcdefghAbcdefghabcdefGh="
+    code = main(["generate", "--model", "tiny", "--prompt", prompt, "--gen-length", "24", "--block-length", "8",
+                 "--cache", "dual", "--numerics", "reference", "--strategy", "ccd"])
+    assert code == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["completion"] in (prompt[:24], prompt[25:49])  # one of the two strings, exactly
+    assert 3 <= row["nfe"] <= 24
