@@ -158,7 +158,8 @@ def _generate(args: argparse.Namespace) -> None:
                    attention_mask=None if attention_mask is None else attention_mask.to(adapter.device))
     for row, prompt in enumerate(args.prompt):
         text = tokenizer.decode(out.generated[row], skip_special_tokens=not args.keep_special)
-        print(json.dumps({"prompt": prompt, "completion": text, "nfe": int(out.nfe_per_row[row])}))
+        print(json.dumps({"prompt": prompt, "completion": text, "nfe": int(out.nfe_per_row[row]),
+                          "model_tokens": int(out.tokens_per_row[row])}))
 
 
 def _check_bench_args(args: argparse.Namespace) -> list[str]:
