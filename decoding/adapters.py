@@ -15,6 +15,14 @@ BERT-style ``*ForMaskedLM``               2D key mask                         un
 stock ``*ForCausalLM`` (opt in)           4D bool mask + position ids         ``shift_logits`` arg
 ========================================  ==================================  =====================
 
+KV caches (``cache="prefix"`` / ``"dual"``, see :class:`BlockKVCache`) work for every transformers model
+driven through a 4D mask (stock causal classes made bidirectional, ``is_bidirectional`` checkpoints): the
+adapter hands the model a cache object whose ``update`` returns the stored keys/values of the positions
+outside the window plus the window's fresh ones. Remote-code LLaDA / Dream checkpoints run their own
+modelling code: LLaDA's asserts that masked diffusion has no KV cache and Dream's has no block cache for a
+bidirectional canvas, so both are refused with a message (Fast-dLLM ships modified modelling files for that,
+which this loop does not drive); BERT-style encoders have no cache either.
+
 A stock causal class without ``bidirectional=True`` is refused: it would attend causally and produce
 garbage for a masked-diffusion loop. The 4D mask comes from :func:`harness.testing.bidirectional_attention_mask`
 (one implementation for the whole toolkit): transformers passes a user 4D mask through unchanged, which
@@ -23,12 +31,15 @@ turns a causal decoder bidirectional.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 
+from harness.errors import ConfigError, ModelRefError
 
-class AdapterError(ValueError):
+
+class AdapterError(ModelRefError, ValueError):
     """The model cannot be driven by the masked-diffusion loop as given; the message says what to pass."""
 
 
@@ -84,15 +95,17 @@ class DiffusionModelAdapter:
     def check_length(self, total_length: int, override: int | None = None) -> None:
         limit = _first(override, self.max_context)
         if limit is not None and total_length > limit:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt + gen_length = {total_length} tokens exceeds the model's context of {limit} tokens "
                 f"({self.kind}); shorten the prompt or lower gen_length."
             )
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Logits aligned so that ``logits[:, i]`` predicts ``input_ids[:, i]`` (shift applied here)."""
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **model_kwargs) -> torch.Tensor:
+        """Logits aligned so that ``logits[:, i]`` predicts ``input_ids[:, i]`` (shift applied here).
+
+        ``model_kwargs`` go to the model as they are (the KV cache passes its cache object this way)."""
         padded = attention_mask is not None and bool((attention_mask == 0).any())
-        kwargs = {}
+        kwargs = dict(model_kwargs)
         if self.attention == "2d":
             if padded:
                 kwargs["attention_mask"] = attention_mask
@@ -104,12 +117,158 @@ class DiffusionModelAdapter:
             # padding there; sdpa accepts either.
             kwargs["attention_mask"] = bidirectional_attention_mask(mask2d, input_ids, dtype=self.float_dtype)
             kwargs["position_ids"] = padded_position_ids(mask2d, input_ids)
-        out = self.model(input_ids=input_ids, **kwargs)
-        logits = out.logits if hasattr(out, "logits") else out
+        logits = self.raw_logits(input_ids, **kwargs)
         if self.shift_logits:
             # Dream (diffusion_generate): logits at i-1 predict token i; position 0 keeps its own row.
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
+
+
+    def raw_logits(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The model's logits as it returns them (no shift)."""
+        out = self.model(input_ids=input_ids, **kwargs)
+        return out.logits if hasattr(out, "logits") else out
+
+    # -- KV cache ------------------------------------------------------------------------------------------------
+    def cache_kwarg(self) -> str | None:
+        """The name under which the model's ``forward`` takes a transformers cache object (``cache`` since
+        transformers 5.x, ``past_key_values`` before), or ``None`` when it takes none."""
+        for cls in type(self.model).__mro__:
+            forward = cls.__dict__.get("forward")
+            if forward is None:
+                continue
+            try:
+                params = inspect.signature(forward).parameters
+            except (TypeError, ValueError):
+                continue
+            for name in ("cache", "past_key_values"):
+                if name in params:
+                    return name
+        return None
+
+    def check_cache(self, mode: str) -> None:
+        """Raise a one-line error when ``cache=mode`` cannot run on this model; a no-op for ``"none"``."""
+        if mode == "none":
+            return
+        if self.kind in ("llada", "dream"):
+            why = ("its modelling code asserts that masked diffusion has no KV cache" if self.kind == "llada" else
+                   "its modelling code has no block cache for a bidirectional canvas")
+            raise ModelRefError(
+                f"cache={mode!r}: the {self.kind} remote-code checkpoint cannot reuse keys/values ({why}; "
+                "Fast-dLLM ships modified modelling files for that, which this loop does not drive); decode with "
+                "cache='none'."
+            )
+        if self.attention != "4d":
+            raise ConfigError(
+                f"cache={mode!r} needs a transformers decoder driven through a 4D mask (a stock causal class with "
+                f"bidirectional=True or an is_bidirectional checkpoint); {type(self.model).__name__} ({self.kind}) "
+                "has no KV cache to reuse. Use cache='none'."
+            )
+        if self.cache_kwarg() is None:
+            raise ModelRefError(
+                f"cache={mode!r}: {type(self.model).__name__}.forward takes no cache / past_key_values argument, "
+                "so keys and values cannot be reused; use cache='none'."
+            )
+
+    def new_cache(self, mode: str) -> BlockKVCache:
+        self.check_cache(mode)
+        return BlockKVCache(self, mode)
+
+
+def _kv_store_class():
+    """A transformers ``DynamicCache`` whose ``update`` either records every layer's keys/values (the full
+    forward at a refresh) or returns the frozen ones of the positions outside the window followed by the window's
+    fresh ones, without storing them (every cached step starts from the same frozen state)."""
+    from transformers.cache_utils import DynamicCache
+
+    class KVStore(DynamicCache):
+        def __init__(self) -> None:
+            super().__init__()
+            self.recording = True
+            self.frozen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            if self.recording:
+                self.frozen[layer_idx] = (key_states, value_states)
+                return key_states, value_states
+            keys, values = self.frozen[layer_idx]
+            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+        def keep(self, index: torch.Tensor) -> None:
+            """Keep only the sequence positions ``index`` of what was recorded, and stop recording."""
+            self.frozen = {i: (k.index_select(-2, index), v.index_select(-2, index)) for i, (k, v) in self.frozen.items()}
+            self.recording = False
+
+        def get_seq_length(self, layer_idx: int = 0) -> int:
+            if layer_idx in self.frozen:
+                return self.frozen[layer_idx][0].shape[-2]
+            return 0
+
+    return KVStore
+
+
+class BlockKVCache:
+    """Fast-dLLM's block-wise approximate KV cache for one :func:`decoding.generate` call.
+
+    ``refresh(x, mask, lo, hi)`` runs the whole canvas once (that forward's logits serve the current step) and
+    keeps the keys/values of every position outside the *window*: ``[s, L)`` for ``"prefix"`` (everything
+    left of the block is cached), ``[s, hi)`` for ``"dual"`` (the suffix right of the block is cached too).
+    ``s`` is the block start ``lo``, or ``lo - 1`` for shifted-logit (Dream-convention) models, whose
+    prediction for position ``lo`` comes from position ``lo - 1``. ``block_logits(x, mask)`` then runs only
+    the window, attending to the frozen keys/values plus the window's own, and returns the block's aligned
+    logits. Keys carry their rotary position already, so the frozen positions keep their order-free meaning;
+    padding keys stay hidden through the 4D mask.
+    """
+
+    def __init__(self, adapter: DiffusionModelAdapter, mode: str) -> None:
+        self.adapter = adapter
+        self.mode = mode
+        self.kwarg = adapter.cache_kwarg()
+        self.store = None
+        self.window: tuple[int, int] = (0, 0)
+        self.block: tuple[int, int] = (0, 0)
+
+    def _window_for(self, lo: int, hi: int, length: int) -> tuple[int, int]:
+        start = lo - 1 if (self.adapter.shift_logits and lo > 0) else lo
+        return start, (hi if self.mode == "dual" else length)
+
+    def window_length(self, lo: int, hi: int, length: int) -> int:
+        """How many positions a cached step runs through the model."""
+        start, end = self._window_for(lo, hi, length)
+        return end - start
+
+    def refresh(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+        """Full forward (aligned logits ``[B, L, V]``) that also stores the keys/values outside the window."""
+        from harness.testing import padded_position_ids
+
+        batch, length = input_ids.shape
+        self.store = _kv_store_class()()
+        logits = self.adapter.logits(input_ids, attention_mask, **{self.kwarg: self.store})
+        start, end = self._window_for(lo, hi, length)
+        keep = torch.cat([torch.arange(0, start), torch.arange(end, length)]).to(input_ids.device)
+        self.store.keep(keep)
+        keys = torch.ones(batch, length, dtype=torch.bool, device=input_ids.device) if attention_mask is None \
+            else attention_mask.to(torch.bool)
+        self.key_valid = torch.cat([keys.index_select(1, keep), keys[:, start:end]], dim=1)
+        padded = attention_mask is not None and bool((attention_mask == 0).any())
+        self.positions = padded_position_ids(attention_mask if padded else None, input_ids)[:, start:end]
+        self.window, self.block = (start, end), (lo, hi)
+        return logits
+
+    def block_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Aligned logits ``[B, hi - lo, V]`` of the block from a forward over the window only."""
+        start, end = self.window
+        lo, hi = self.block
+        dtype = self.adapter.float_dtype
+        queries = end - start
+        valid = self.key_valid[:, None, None, :].expand(-1, 1, queries, -1)
+        mask = torch.zeros(valid.shape, dtype=dtype, device=input_ids.device).masked_fill(~valid, torch.finfo(dtype).min)
+        raw = self.adapter.raw_logits(input_ids[:, start:end], attention_mask=mask, position_ids=self.positions,
+                                      **{self.kwarg: self.store})
+        n = hi - lo
+        if self.adapter.shift_logits and start == lo:  # block at position 0: position 0 keeps its own row
+            return torch.cat([raw[:, :1], raw[:, : n - 1]], dim=1)
+        return raw[:, :n]
 
 
 def _config_of(model):

@@ -33,6 +33,7 @@ import torch
 from decoding.adapters import DiffusionModelAdapter, adapt
 from decoding.config import DiffusionGenerationConfig
 from decoding.loop import generate
+from harness.errors import ConfigError
 
 BASELINE = ("low_confidence", "steps=N")
 
@@ -236,13 +237,13 @@ def spare_special_token_id(tokenizer) -> int:
 def measure_overhead(model_ref: str = "smollm2-135m-instruct", batch_sizes: tuple[int, ...] = (1, 8),
                      prompt_length: int = 16, gen_length: int = 32,
                      strategies: tuple[str, ...] = ("low_confidence", "ccd", "ccd_marginal", "threshold"),
-                     repeats: int = 2, progress: bool = True) -> dict[str, Any]:
+                     repeats: int = 2, progress: bool = True, trust_remote_code: bool = False) -> dict[str, Any]:
     """Loop + strategy time per step minus forward time, on a ~135M model made bidirectional (timing only)."""
     from tqdm.auto import tqdm
 
     from harness.models import load_model
 
-    model, tokenizer = load_model(model_ref)
+    model, tokenizer = load_model(model_ref, trust_remote_code=trust_remote_code)
     model.eval()
     base = adapt(model, tokenizer, bidirectional=True, mask_token_id=spare_special_token_id(tokenizer))
     adapter = TimedAdapter(**{f.name: getattr(base, f.name) for f in fields(base)})
@@ -304,8 +305,11 @@ def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path
               overhead_model: str | None = "smollm2-135m-instruct", batch_size: int = 128,
               n_problems: int | None = None, threads: int | None = None,
               temperatures: tuple[float, ...] = (0.0, 1.0),
-              tasks: tuple[str, ...] = ("copy-one-of-two", "one-class-upper")) -> dict[str, Any]:
-    """Run both parts and write ``bench.json`` / ``bench.png``; returns the report dict.
+              tasks: tuple[str, ...] = ("copy-one-of-two", "one-class-upper"),
+              parts: tuple[str, ...] = ("accuracy", "overhead", "cache"),
+              trust_remote_code: bool = False) -> dict[str, Any]:
+    """Run the ``parts`` (accuracy vs NFE per task, overhead, KV cache: :mod:`decoding.bench_cache`) and write
+    ``bench.json`` and the plots; returns the report dict.
 
     ``model_path`` replaces the packaged checkpoint of the first task in ``tasks`` (the others load theirs).
     """
@@ -318,10 +322,17 @@ def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path
         "host": {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
                  "threads": torch.get_num_threads()},
     }
-    report["accuracy_vs_nfe"] = {}
-    for index, task in enumerate(tasks):
+    if "cache" in parts:
+        from decoding.bench_cache import cache_report
+
+        report["cache"] = cache_report(quick, overhead_model or "smollm2-135m-instruct", model_path, batch_size,
+                                       trust_remote_code=trust_remote_code)
+        (out / "bench.json").write_text(json.dumps(report, indent=1))
+    if "accuracy" in parts:
+        report["accuracy_vs_nfe"] = {}
+    for index, task in enumerate(tasks if "accuracy" in parts else ()):
         if task not in GRIDS:
-            raise ValueError(f"unknown bench task {task!r}; choose from {sorted(GRIDS)}")
+            raise ConfigError(f"--tasks {task!r}: unknown bench task; choose from {', '.join(sorted(GRIDS))}.")
         report["accuracy_vs_nfe"][task] = {}
         for temperature in temperatures:
             key = f"temperature={temperature:g}"
@@ -332,9 +343,9 @@ def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path
             suffix = "" if temperature == temperatures[0] else f"_t{temperature:g}"
             plot(part["results"], out / f"{prefix}{suffix}.png", title=key, task=task)
             (out / "bench.json").write_text(json.dumps(report, indent=1))
-    if overhead_model:
+    if overhead_model and "overhead" in parts:
         report["overhead"] = measure_overhead(
-            overhead_model, gen_length=16 if quick else 32, repeats=1 if quick else 2,
+            overhead_model, trust_remote_code=trust_remote_code, gen_length=16 if quick else 32, repeats=1 if quick else 2,
             strategies=("low_confidence", "ccd") if quick else ("low_confidence", "ccd", "ccd_marginal", "threshold"))
         (out / "bench.json").write_text(json.dumps(report, indent=1))
     return report

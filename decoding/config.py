@@ -1,15 +1,18 @@
 """``DiffusionGenerationConfig``: every knob of the decoding loop and its strategies, validated in one place.
 
 Modelled on transformers' ``GenerationConfig`` (and Dream's ``DreamGenerationConfig``, whose ``validate`` is
-a no-op): plain attributes with documented defaults, ``validate()`` raising ``ValueError`` that names the
-field, the value and what is allowed, and ``to_dict`` / ``update`` helpers.
+a no-op): plain attributes with documented defaults, ``validate()`` raising ``harness.errors.ConfigError`` (a
+``ValueError``) that names the field, the value and what is allowed, and ``to_dict`` / ``update`` helpers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from harness.errors import ConfigError
 
 STRATEGIES = (
     "low_confidence", "random",                                 # LLaDA generate.py remasking
@@ -18,6 +21,9 @@ STRATEGIES = (
     "entropy_bound",                                            # EB-Sampler
     "ccd", "ccd_marginal",                                      # CCD as released / as the paper states it
 )
+
+CACHE_MODES = ("none", "prefix", "dual")
+NUMERICS = ("float32", "reference")
 
 
 @dataclass
@@ -66,6 +72,22 @@ class DiffusionGenerationConfig:
         ccd_tokens_from (str, "mixture"): ``ccd_marginal`` draws tokens from the mixture p_bar (the paper's
             target) or from the ``"current"`` step's distribution (safer when sampling, temperature > 0).
 
+    KV cache (Fast-dLLM, arXiv 2505.22618; ``NVlabs/Fast-dLLM`` ``generate_with_prefix_cache`` / ``_dual_cache``)
+        cache (str, "none"): ``"none"`` runs the whole canvas every step (exact). ``"prefix"``: at each block
+            start one full forward stores the keys/values of everything left of the block, and the block's other
+            steps run only the block and everything right of it. ``"dual"``: also keeps the (masked) suffix right
+            of the block, so steps run only the block. Both are approximations (the cached keys/values were
+            computed when the block still held masks), as in Fast-dLLM; the refresh step's logits are used for
+            that step's commits, so NFE still counts every forward pass.
+        cache_refresh (int | None, None): ``None`` refreshes the cache (one full forward) only at block
+            boundaries, as Fast-dLLM; ``N`` also refreshes every ``N`` steps inside a block (``1`` = no cache).
+
+    Numerics
+        numerics (str, "float32"): ``"float32"`` casts the block's logits to float32 and ranks with a stable
+            sort (ties go to the lowest position). ``"reference"`` computes as each reference does: in the
+            model's dtype with ``F.softmax`` and ``torch.topk`` over the whole canvas row (LLaDA, Dream, CCD),
+            float64 softmax for Fast-dLLM ``threshold``; see ``docs/decoding.md`` for which is bit-equal to what.
+
     Outputs
         output_history (bool, False): keep the canvas after every step.
         max_context (int | None, None): override the model's context length check.
@@ -97,6 +119,9 @@ class DiffusionGenerationConfig:
     ccd_top_v: int = 4
     ccd_entropy_threshold: float | None = 0.1
     ccd_tokens_from: str = "mixture"
+    cache: str = "none"
+    cache_refresh: int | None = None
+    numerics: str = "float32"
     output_history: bool = False
     max_context: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -123,24 +148,28 @@ class DiffusionGenerationConfig:
 
     # -- validation --------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field, its value and what is allowed."""
+        """Raise :class:`~harness.errors.ConfigError` (a ``ValueError``) naming the field, its value and what is allowed."""
 
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"DiffusionGenerationConfig.{name}={getattr(self, name)!r} is invalid: {allowed}.")
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"DiffusionGenerationConfig.{name}={getattr(self, name)!r} is invalid: {allowed}.")
 
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise bad(f.name, "must be a number, not NaN")
         if not isinstance(self.gen_length, int) or self.gen_length < 1:
             raise bad("gen_length", "must be a positive integer")
         if self.block_length is not None and (not isinstance(self.block_length, int) or self.block_length < 1):
             raise bad("block_length", "must be a positive integer or None (one block)")
         if self.gen_length % self.resolved_block_length:
-            raise ValueError(
+            raise ConfigError(
                 f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}: blocks must "
                 f"tile the generation (e.g. block_length={self._divisor_hint()})."
             )
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise bad("steps", "must be a positive integer or None (= gen_length)")
         if self.resolved_steps % self.num_blocks:
-            raise ValueError(
+            raise ConfigError(
                 f"steps={self.resolved_steps} is not divisible by the number of blocks ({self.num_blocks} = "
                 f"gen_length {self.gen_length} / block_length {self.resolved_block_length}): each block needs the "
                 f"same number of steps (e.g. steps={self.num_blocks * max(1, self.resolved_steps // self.num_blocks)})."
@@ -179,6 +208,13 @@ class DiffusionGenerationConfig:
             raise bad("ccd_entropy_threshold", "must be > 0 (nats) or None for the fixed budget")
         if self.ccd_tokens_from not in ("mixture", "current"):
             raise bad("ccd_tokens_from", "choose 'mixture' or 'current'")
+        if self.cache not in CACHE_MODES:
+            raise bad("cache", f"choose one of {', '.join(CACHE_MODES)}")
+        if self.cache_refresh is not None and (not isinstance(self.cache_refresh, int) or isinstance(
+                self.cache_refresh, bool) or self.cache_refresh < 1):
+            raise bad("cache_refresh", "must be a positive number of steps, or None (refresh at block boundaries)")
+        if self.numerics not in NUMERICS:
+            raise bad("numerics", f"choose one of {', '.join(NUMERICS)}")
         if self.max_context is not None and self.max_context < 1:
             raise bad("max_context", "must be a positive integer or None")
 

@@ -10,6 +10,11 @@
             x[block][commit] = tokens[commit]
             x = tokens_hook(step, x, logits)            optional, Dream's generation_tokens_hook_func
 
+With ``cache="prefix"`` / ``"dual"`` (Fast-dLLM), the first step of each block (and every ``cache_refresh``
+steps) is a full forward that also stores keys/values; the other steps run only the block plus the suffix
+(prefix) or only the block (dual) against them (:class:`decoding.adapters.BlockKVCache`). Strategies see the
+same block logits either way, so their state across steps (CCD's history) stays valid.
+
 Blocks, the forward pass, classifier-free guidance (LLaDA: ``un + (cfg + 1) (cond - un)`` with the prompt
 masked in the unconditional pass), EOS suppression, hooks, history and NFE counting live here once;
 strategies (``decoding.strategies``) only decide. Everything is batched: rows that finish a block early
@@ -27,6 +32,7 @@ import torch
 from decoding.adapters import DiffusionModelAdapter, adapt
 from decoding.config import DiffusionGenerationConfig
 from decoding.strategies import StepInput, Strategy, make_strategy
+from harness.errors import ConfigError
 
 Hook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
@@ -37,6 +43,9 @@ class DiffusionOutput:
 
     sequences: ``[B, prompt + gen_length]`` final canvas. nfe: forward passes run for the batch.
     nfe_per_row: ``[B]`` passes during which each row still had a mask in the current block.
+    tokens_per_row: ``[B]`` canvas positions run through the model for each row over those passes (the
+        honest cost once a KV cache shortens passes; doubled under classifier-free guidance).
+    model_tokens: positions run through the model for the whole batch (every pass, every row).
     commits_per_step: ``[steps_run, B]`` tokens committed per step and row.
     history: canvases after every step when ``config.output_history``.
     """
@@ -48,6 +57,8 @@ class DiffusionOutput:
     prompt_length: int
     history: list[torch.Tensor] | None = None
     block_nfe: list[int] = field(default_factory=list)
+    tokens_per_row: torch.Tensor | None = None
+    model_tokens: int = 0
 
     @property
     def generated(self) -> torch.Tensor:
@@ -55,17 +66,29 @@ class DiffusionOutput:
         return self.sequences[:, self.prompt_length:]
 
 
-def _forward(adapter: DiffusionModelAdapter, x: torch.Tensor, attention_mask: torch.Tensor | None,
-             prompt_length: int, cfg_scale: float) -> torch.Tensor:
+def _model_batch(adapter: DiffusionModelAdapter, x: torch.Tensor, attention_mask: torch.Tensor | None,
+                 prompt_length: int, cfg_scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch the model runs: the canvas, or (classifier-free guidance) canvas + unconditional canvas."""
     if cfg_scale <= 0:
-        return adapter.logits(x, attention_mask)
+        return x, attention_mask
     # LLaDA classifier-free guidance: the unconditional canvas has its prompt masked.
     uncond = x.clone()
     uncond[:, :prompt_length] = adapter.mask_token_id
     both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-    logits = adapter.logits(torch.cat([x, uncond]), both_mask)
+    return torch.cat([x, uncond]), both_mask
+
+
+def _guide(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    if cfg_scale <= 0:
+        return logits
     cond, un = logits.chunk(2)
     return un + (cfg_scale + 1) * (cond - un)
+
+
+def _forward(adapter: DiffusionModelAdapter, x: torch.Tensor, attention_mask: torch.Tensor | None,
+             prompt_length: int, cfg_scale: float) -> torch.Tensor:
+    model_x, model_mask = _model_batch(adapter, x, attention_mask, prompt_length, cfg_scale)
+    return _guide(adapter.logits(model_x, model_mask), cfg_scale)
 
 
 @torch.no_grad()
@@ -93,15 +116,29 @@ def generate(
         logits_hook, tokens_hook: ``f(step, x, logits)`` returning new logits / canvas (or ``None`` to keep).
 
     Returns:
-        :class:`DiffusionOutput` with ``sequences``, ``nfe``, ``nfe_per_row``, ``commits_per_step``, ``history``.
+        :class:`DiffusionOutput` with ``sequences``, ``nfe``, ``nfe_per_row``, ``tokens_per_row``,
+        ``commits_per_step``, ``history``.
+
+    Raises:
+        harness.errors.ConfigError: bad input shapes, or hooks together with a KV cache (a cached step computes
+            only the block's logits, and a hook that edits the canvas outside the block would leave the cache stale).
+        harness.errors.ModelRefError: ``cache`` requested for a model that cannot reuse keys/values.
     """
     config = config or DiffusionGenerationConfig()
     if config_overrides:
         config = config.update(**config_overrides)
     adapter = adapt(model, tokenizer)
     strategy = strategy or make_strategy(config)
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, prompt_length], got shape {tuple(input_ids.shape)}")
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ConfigError(f"input_ids must be a non-empty [batch, prompt_length] tensor, got shape "
+                          f"{tuple(input_ids.shape)}")
+    cache = None
+    if config.cache != "none":
+        if logits_hook is not None or tokens_hook is not None:
+            raise ConfigError(f"cache={config.cache!r} cannot run logits_hook / tokens_hook: a cached step computes "
+                              "only the block's logits; use cache='none' with hooks.")
+        cache = adapter.new_cache(config.cache)
+    reference = config.numerics == "reference"
     batch, prompt_length = input_ids.shape
     gen_length, block_length = config.gen_length, config.resolved_block_length
     adapter.check_length(prompt_length + gen_length, config.max_context)
@@ -111,8 +148,8 @@ def generate(
     x = torch.cat([input_ids, torch.full((batch, gen_length), mask_id, dtype=input_ids.dtype, device=device)], 1)
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
-                             f"{tuple(input_ids.shape)}")
+            raise ConfigError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                              f"{tuple(input_ids.shape)}")
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], 1)
     generator = None
     if config.seed is not None:
@@ -124,6 +161,10 @@ def generate(
 
     nfe, step_count = 0, 0
     nfe_per_row = torch.zeros(batch, dtype=torch.long, device=device)
+    tokens_per_row = torch.zeros(batch, dtype=torch.long, device=device)
+    model_tokens = 0
+    copies = 2 if config.cfg_scale > 0 else 1
+    length = prompt_length + gen_length
     commits: list[torch.Tensor] = []
     history: list[torch.Tensor] | None = [] if config.output_history else None
     block_nfe: list[int] = []
@@ -146,17 +187,32 @@ def generate(
                     f"strategy {type(strategy).__name__} left masks in block {block} after {step} steps; "
                     "a strategy must commit at least one token per row per step eventually."
                 )
-            logits = _forward(adapter, x, attention_mask, prompt_length, config.cfg_scale)
+            if cache is None:
+                logits = _forward(adapter, x, attention_mask, prompt_length, config.cfg_scale)
+                run = length
+                if logits_hook is not None:
+                    logits = _keep(logits_hook(step_count, x, logits), logits)
+                block_logits = logits[:, lo:hi]
+            else:
+                model_x, model_mask = _model_batch(adapter, x, attention_mask, prompt_length, config.cfg_scale)
+                if step == 0 or (config.cache_refresh and step % config.cache_refresh == 0):
+                    logits = _guide(cache.refresh(model_x, model_mask, lo, hi), config.cfg_scale)
+                    block_logits, run = logits[:, lo:hi], length
+                else:
+                    block_logits = _guide(cache.block_logits(model_x), config.cfg_scale)
+                    run = cache.window_length(lo, hi, length)
             nfe += 1
-            nfe_per_row += active | padded
-            if logits_hook is not None:
-                logits = _keep(logits_hook(step_count, x, logits), logits)
-            block_logits = logits[:, lo:hi].float()
+            counted = active | padded
+            nfe_per_row += counted
+            tokens_per_row += counted * (run * copies)
+            model_tokens += run * copies * batch
+            if not reference:
+                block_logits = block_logits.float()
             if config.suppress_eos and suppressed.numel():
                 block_logits[..., suppressed] = float("-inf")
             commit, tokens = strategy.select(StepInput(
                 step=step, steps=steps_per_block, logits=block_logits, tokens=x[:, lo:hi], mask=block_mask,
-                config=config, generator=generator, defer_ids=defer_ids,
+                config=config, generator=generator, defer_ids=defer_ids, block_start=lo, canvas_length=length,
             ))
             commit = commit & block_mask
             x[:, lo:hi] = torch.where(commit, tokens.to(x.dtype), x[:, lo:hi])
@@ -177,6 +233,8 @@ def generate(
         prompt_length=prompt_length,
         history=history,
         block_nfe=block_nfe,
+        tokens_per_row=tokens_per_row,
+        model_tokens=model_tokens,
     )
 
 

@@ -23,6 +23,14 @@ strategy               reference behaviour matched
 ``ccd_marginal``       the paper's formulation (arXiv 2512.02044 §3 as summarised in the brief §1.2):
                        score = -H(mixture of the last d predictive distributions); a reconstruction
 =====================  ==========================================================================
+
+Numerics (``config.numerics``). ``"float32"`` (default): the loop hands strategies float32 logits;
+probabilities of a token are ``exp(l - logsumexp(l))``; rankings use one stable ``argsort`` over the block
+(ties go to the lowest position). ``"reference"``: logits stay in the model's dtype; probabilities come from
+``F.softmax`` in that dtype (float64 for Fast-dLLM ``threshold``, as its ``get_transfer_index``); rankings come
+from ``torch.topk`` over the whole canvas row with ``-inf`` outside the block's masked positions, per row for
+LLaDA / Fast-dLLM (which loop over rows) and on the batch for Dream and CCD. This is what the references run, so
+ties and near-ties in bf16 resolve as they do there.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from decoding.config import DiffusionGenerationConfig
 
@@ -52,6 +61,12 @@ class StepInput:
     config: DiffusionGenerationConfig
     generator: torch.Generator | None = None
     defer_ids: torch.Tensor | None = None  # token ids whose confidence is deferred (defer_eos)
+    block_start: int = 0  # canvas position of the block's first position
+    canvas_length: int | None = None  # prompt + gen_length (reference top-k runs over the whole row)
+
+    @property
+    def reference(self) -> bool:
+        return self.config.numerics == "reference"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,6 +93,65 @@ def first_k_in_rank_order(selected: torch.Tensor, ranks: torch.Tensor, k: int) -
     """The ``k`` selected positions with the smallest rank (per row)."""
     sub_ranks = rank_positions(-ranks.float(), selected)
     return selected & (sub_ranks < k)
+
+
+def _canvas_rows(scores: torch.Tensor, valid: torch.Tensor, inp: StepInput) -> tuple[torch.Tensor, int]:
+    """Block scores placed in a ``[B, canvas_length]`` row of ``-inf`` (invalid positions ``-inf`` too), as the
+    references rank them; returns the rows and the block's offset in them."""
+    length = inp.canvas_length or scores.shape[-1]
+    offset = inp.block_start if inp.canvas_length else 0
+    rows = torch.full((scores.shape[0], length), NEG_INF, dtype=scores.dtype, device=scores.device)
+    rows[:, offset: offset + scores.shape[-1]] = scores.masked_fill(~valid, NEG_INF)
+    return rows, offset
+
+
+def reference_top_k(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor | int, inp: StepInput,
+                    per_row: bool) -> torch.Tensor:
+    """``torch.topk`` over the canvas row, per row (LLaDA, Fast-dLLM loop over rows) or on the whole batch with
+    one ``k`` (Dream, CCD); the chosen block positions as a ``[B, n]`` mask (restricted to ``valid``)."""
+    rows, offset = _canvas_rows(scores, valid, inp)
+    chosen = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+    if not torch.is_tensor(k):
+        k = torch.full(scores.shape[:1], int(k), device=scores.device)
+    if not per_row and bool((k == k[0]).all()):
+        if int(k[0]) > 0:
+            chosen.scatter_(1, torch.topk(rows, int(k[0]), dim=-1).indices, True)
+    else:
+        for row in range(rows.shape[0]):
+            if int(k[row]) > 0:
+                chosen[row, torch.topk(rows[row], int(k[row])).indices] = True
+    return chosen[:, offset: offset + scores.shape[-1]] & valid
+
+
+def reference_ranks(scores: torch.Tensor, valid: torch.Tensor, inp: StepInput) -> torch.Tensor:
+    """:func:`rank_positions` with the order of a full ``torch.topk`` over the canvas row (sorted)."""
+    rows, offset = _canvas_rows(scores, valid, inp)
+    order = torch.topk(rows, rows.shape[-1], dim=-1, sorted=True).indices
+    place = torch.empty_like(order)
+    place.scatter_(-1, order, torch.arange(rows.shape[-1], device=rows.device).expand_as(order))
+    block_place = place[:, offset: offset + scores.shape[-1]]
+    return rank_positions(-block_place.double(), valid)
+
+
+def select_top_k(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor | int, inp: StepInput,
+                 per_row: bool = False) -> torch.Tensor:
+    """Top-``k`` per row: stable argsort (float32 numerics) or ``torch.topk`` as the reference runs it."""
+    if inp.reference:
+        return reference_top_k(scores, valid, k, inp, per_row)
+    return top_k_mask(scores, valid, k)
+
+
+def ranks_of(scores: torch.Tensor, valid: torch.Tensor, inp: StepInput) -> torch.Tensor:
+    return reference_ranks(scores, valid, inp) if inp.reference else rank_positions(scores, valid)
+
+
+def token_prob(logits: torch.Tensor, tokens: torch.Tensor, inp: StepInput, dtype: torch.dtype | None = None):
+    """softmax(logits)[tokens]: ``exp(l - logsumexp)`` in float32, or ``F.softmax`` in the logits' dtype (or
+    ``dtype``) with reference numerics."""
+    if inp.reference:
+        probs = F.softmax(logits if dtype is None else logits.to(dtype), dim=-1)
+        return probs.gather(-1, tokens[..., None]).squeeze(-1)
+    return prob_of(logits, tokens)
 
 
 def uniform_rand(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
@@ -189,7 +263,7 @@ class LLaDARemasking(Strategy):
     def select(self, inp: StepInput) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = gumbel_argmax(inp.logits, self.config.temperature, inp.generator)
         if self.remasking == "low_confidence":
-            conf = prob_of(inp.logits, tokens)
+            conf = token_prob(inp.logits, tokens, inp)
         else:
             conf = uniform_rand(tokens.shape, inp.generator, tokens.device)
         conf = defer(conf, tokens, inp)
@@ -197,7 +271,7 @@ class LLaDARemasking(Strategy):
             k = self.schedule[:, inp.step]
         else:  # past the budget (only if a hook re-masked tokens): finish the block
             k = inp.mask.sum(-1)
-        return top_k_mask(conf, inp.mask, k), tokens
+        return select_top_k(conf, inp.mask, k, inp, per_row=True), tokens
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,7 +352,7 @@ class DreamSampler(Strategy):
         if cfg.alg_temp:
             gumbel = -torch.log(-torch.log(uniform_rand(conf.shape, inp.generator, conf.device)))
             conf = conf / cfg.alg_temp + gumbel
-        return top_k_mask(conf, inp.mask, k), tokens
+        return select_top_k(conf, inp.mask, k, inp), tokens
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -296,8 +370,17 @@ class ConfidenceThreshold(Strategy):
 
     def select(self, inp: StepInput) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = gumbel_argmax(inp.logits, self.config.temperature, inp.generator)
-        conf = defer(prob_of(inp.logits, tokens), tokens, inp)
-        top1 = top_k_mask(conf, inp.mask, 1)
+        # Fast-dLLM: F.softmax(logits.to(float64)); top-1 = the first of topk(confidence, M) per row.
+        conf = defer(token_prob(inp.logits, tokens, inp, dtype=torch.float64), tokens, inp)
+        if inp.reference:
+            rows, offset = _canvas_rows(conf, inp.mask, inp)
+            top1 = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+            for row, count in enumerate(inp.mask.sum(-1).tolist()):
+                if count:
+                    top1[row, torch.topk(rows[row], count).indices[0]] = True
+            top1 = top1[:, offset: offset + conf.shape[-1]] & inp.mask
+        else:
+            top1 = top_k_mask(conf, inp.mask, 1)
         return top1 | (inp.mask & (conf >= self.config.threshold)), tokens
 
 
@@ -314,7 +397,7 @@ class EntropyBound(Strategy):
         probs = filter_logits(inp.logits, cfg.temperature, cfg.top_p, cfg.top_k).softmax(-1)
         tokens = sample_from_probs(probs, cfg.temperature, inp.generator)
         entropy = -neg_entropy(probs)
-        ranks = rank_positions(defer(-entropy, tokens, inp), inp.mask)
+        ranks = ranks_of(defer(-entropy, tokens, inp), inp.mask, inp)
         sorted_h = torch.sort(entropy.masked_fill(~inp.mask, math.inf), dim=-1).values
         # For an ascending prefix, max = its last element: the bound is cumsum - current, non-decreasing.
         slack = sorted_h.cumsum(-1) - sorted_h
@@ -385,7 +468,7 @@ class CCDOfficial(Strategy):
         argmax = inp.logits.argmax(-1)
         tokens = sample_from_probs(probs, cfg.temperature, inp.generator) if cfg.temperature > 0 else argmax
         conf = defer(neg_entropy(probs), tokens, inp)
-        ranks = rank_positions(conf, inp.mask)
+        ranks = ranks_of(conf, inp.mask, inp)
         top = (ranks < self.k) & inp.mask
 
         if i < warmup or i >= inp.steps - 1 or self.prev_argmax is None:
@@ -441,12 +524,12 @@ class CCDMarginal(Strategy):
         tokens = sample_from_probs(source, cfg.temperature, inp.generator)
         entropy = -neg_entropy(mixture)
         score = defer(-entropy, tokens, inp)
-        commit = top_k_mask(score, inp.mask, self.k)
+        commit = select_top_k(score, inp.mask, self.k, inp)
         if cfg.ccd_entropy_threshold is not None:
             commit |= inp.mask & (count > 1) & (entropy <= cfg.ccd_entropy_threshold)
         remaining = inp.mask & ~commit
         v = min(cfg.ccd_top_v, remaining.shape[-1])
-        keep_ranks = rank_positions(score, remaining)
+        keep_ranks = ranks_of(score, remaining, inp)
         positions = torch.argsort(keep_ranks, dim=-1, stable=True)[:, :v]
         # Rows with fewer than V masks store some unmasked positions; those never score again.
         self.window.append((positions, probs.gather(1, positions[..., None].expand(-1, -1, probs.shape[-1]))))
