@@ -24,7 +24,7 @@ _EXPORTS = {
     "load_reference_constitutions": "sami.constitutions",
     "SAMIInputError": "sami.loss", "SAMILossOutput": "sami.loss", "log_mean_mi": "sami.loss",
     "sami_loss": "sami.loss", "load_queries": "sami.queries",
-    "SAMIConfig": "sami.trainer", "SAMIDataCollator": "sami.trainer", "SAMITrainer": "sami.trainer",
+    "SAMIConfig": "sami.config", "SAMIDataCollator": "sami.trainer", "SAMITrainer": "sami.trainer",
     "logprob_matrix": "sami.trainer",
 }
 

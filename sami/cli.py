@@ -113,8 +113,8 @@ class JudgeConfig:
 
 
 def _iterate(argv: Sequence[str]) -> int:
+    from sami.config import SAMIConfig
     from sami.iterate import IterateConfig, run_expert_iteration
-    from sami.trainer import SAMIConfig
 
     cfg, train_args = parse_config((IterateConfig, SAMIConfig), list(argv))
     results = run_expert_iteration(cfg, train_args)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from sami.trainer import SAMIConfig
+from sami.config import SAMIConfig
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
