@@ -349,3 +349,11 @@ def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path
             strategies=("low_confidence", "ccd") if quick else ("low_confidence", "ccd", "ccd_marginal", "threshold"))
         (out / "bench.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def gpu_throughput(model_ref: str = "smollm2-135m-instruct") -> dict[str, Any]:
+    """For ``scripts/gpu_check.sh``: tokens/s of the issue-11 cache comparison (prompt 64, gen_length 256,
+    block 32, one token per step, batch 1; no cache / prefix / dual) on the accelerate process's device."""
+    from decoding.bench_cache import cache_speed
+
+    return cache_speed(model_ref, progress=False)

@@ -67,6 +67,8 @@ def cache_speed(model_ref: str = "smollm2-135m-instruct", prompt_length: int = 6
     for mode in tqdm(MODES, desc="cache speed", disable=not progress):
         start, cpu_start = time.perf_counter(), time.process_time()
         out = generate(adapter, ids, config.update(cache=mode))
+        if adapter.device.type == "cuda":
+            torch.cuda.synchronize(adapter.device)  # kernels run asynchronously: time the finished work
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         outputs[mode] = out.generated
         rows[mode] = {

@@ -3,7 +3,7 @@
 #   1. the vLLM backend for real: generate, sequence_logprobs, next_token_logprobs, compared with the
 #      transformers backend on the same model;
 #   2. one bf16 forward/backward step on the GPU;
-#   3. decoding throughput of the masked-diffusion loop on the GPU (when the decoding package provides it);
+#   3. decoding throughput on the GPU: tokens/s with no KV cache, prefix and dual cache (decoding.bench.gpu_throughput);
 #   4. SAMI under FSDP: `accelerate launch` with configs/accelerate/fsdp-8gpu.yaml on min(2, #GPUs) GPUs, one
 #      iteration of 2 full-weight steps, fp32; the per-step loss must equal a single-process run with the same
 #      global batch (<= 1e-4) and every query must be sampled and evaluated exactly once.
@@ -47,11 +47,9 @@ batch = tok(["A short training sentence."] * 8, return_tensors="pt").to("cuda:0"
 loss = m(**batch, labels=batch["input_ids"]).loss; loss.backward()
 assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 result["bf16_step_loss"] = float(loss)
-try:
-    from decoding.bench import gpu_throughput  # provided by the decoding package when available
-    result["decoding"] = gpu_throughput()
-except ImportError:
-    result["decoding"] = "decoding.bench.gpu_throughput not available"
+del m; torch.cuda.empty_cache()
+from decoding.bench import gpu_throughput
+result["decoding"] = gpu_throughput(model)
 print(json.dumps(result, indent=2))
 json.dump(result, open("runs/gpu_check.json", "w"), indent=2)
 PYEOF
