@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.embedded import cache_root
+from harness.embedded import cache_root, sha256_file
 from harness.errors import DataFileError
 
 MANIFEST = Path(__file__).resolve().with_name("datasets.json")
@@ -164,14 +164,6 @@ def data_file(name: str, relative: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ download
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -225,7 +217,7 @@ def _download(item: DataFile, dest: Path, bar) -> None:
         kept = f"{size} of {item.size} bytes kept in {part.name}; " if size else ""
         raise DataFileError(f"download of {item.url} failed ({reason}); {kept}rerun the same command to resume.",
                             path=dest) from None
-    actual = sha256_of(part) if size == item.size else None
+    actual = sha256_file(part) if size == item.size else None
     if actual != item.sha256:
         bar.update(-size)
         part.unlink(missing_ok=True)
@@ -258,7 +250,7 @@ BUILDERS: dict[str, Callable[[Path], bytes]] = {"awa2-twenty-questions": _build_
 
 def _build(derived: DerivedFile, folder: Path) -> None:
     dest = folder / derived.path
-    if dest.is_file() and dest.stat().st_size == derived.size and sha256_of(dest) == derived.sha256:
+    if dest.is_file() and dest.stat().st_size == derived.size and sha256_file(dest) == derived.sha256:
         return
     builder = BUILDERS.get(derived.builder)
     if builder is None:
@@ -288,7 +280,7 @@ def fetch(name: str, *, root: str | Path | None = None, manifest: str | Path | N
     todo, have = [], 0
     for item in dataset.files:
         dest = folder / item.path
-        if dest.is_file() and dest.stat().st_size == item.size and sha256_of(dest) == item.sha256:
+        if dest.is_file() and dest.stat().st_size == item.size and sha256_file(dest) == item.sha256:
             have += item.size
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)

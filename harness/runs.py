@@ -63,18 +63,18 @@ def file_digest(path: str | Path) -> str:
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in _digest_cache:
         return _digest_cache[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        if st.st_size <= FULL_HASH_LIMIT:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-            out = f"sha256:{digest.hexdigest()}"
-        else:
+    if st.st_size <= FULL_HASH_LIMIT:
+        from harness.embedded import sha256_file
+
+        out = f"sha256:{sha256_file(path)}"
+    else:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
             digest.update(str(st.st_size).encode())
             digest.update(handle.read(_EDGE))
             handle.seek(st.st_size - _EDGE)
             digest.update(handle.read(_EDGE))
-            out = f"sha256-edges:{digest.hexdigest()}"
+        out = f"sha256-edges:{digest.hexdigest()}"
     if time.time_ns() - st.st_mtime_ns > _RACY_NS:  # a file written just now may change again within the same
         _digest_cache[key] = out                     # mtime tick, at the same size: only memoise settled files
     return out

@@ -3,7 +3,6 @@ the command line can parse and check them without importing the Trainer (start-u
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -114,9 +113,7 @@ class SAMIConfig(TrainingArguments):
         check_choice("weight_decay_params", self.weight_decay_params, DECAY_PARAMS)
         check_at_least("max_completion_length", self.max_completion_length, 1, allow_none=True)
         for key in ("learning_rate", "weight_decay", "max_grad_norm", "num_train_epochs"):
-            value = getattr(self, key)
-            if value is None or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"--{key} {value}: must be a finite number >= 0.")
+            check_at_least(key, getattr(self, key), 0.0)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"--max_steps {self.max_steps}: must be >= 1 (or -1 for num_train_epochs).")
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):

@@ -22,7 +22,6 @@ import gc
 import itertools
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,8 +476,6 @@ def run_expert_iteration(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str
     from harness.runs import model_identity, open_run
     from sami.checks import local_files
 
-    if math.isnan(train_args.learning_rate):
-        raise ConfigError("--learning_rate nan: must be a finite number >= 0.")
     loop = ExpertIteration(cfg, train_args)  # loads queries and constitutions: data errors before any model
     models = {"model": model_identity(cfg.model)}
     if not cfg.overwrite:

@@ -13,25 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_testing import assert_one_line_error, cli_env, run_module
+from cli_testing import snapshot as _snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ["--predictor", "table", "--progress", "false"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CMIKIT_CACHE=str(tmp_path / "cache"))
-    return env
+    return cli_env(CMIKIT_CACHE=str(tmp_path / "cache"))
 
 
 def _cip(args: list[str], tmp_path: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cip.cli", *args], capture_output=True, text=True,
-                          env=_env(tmp_path), cwd=tmp_path, timeout=timeout)
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    """Names and bytes of the folder's files (the lock file holds the last opener's pid: not a result)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return run_module("cip.cli", *args, env=_env(tmp_path), cwd=tmp_path, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +109,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(files, tmp_path, name,
     start = time.perf_counter()
     r = _cip([*args, "--progress", "false"] if args[0] != "play" else args, tmp_path)
     elapsed = time.perf_counter() - start
-    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    assert "Traceback" not in r.stderr
-    assert lines and lines[-1].startswith("error: "), r.stderr
-    assert culprit in lines[-1], lines[-1]
-    assert len(lines) <= 2
+    assert_one_line_error(r, culprit)
     assert _snapshot(run) == before
     assert elapsed < 30  # no model was loaded
 

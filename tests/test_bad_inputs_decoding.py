@@ -4,38 +4,17 @@ Plus a refused ``bench`` rerun into a folder made with other settings."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_testing import assert_one_line_error, cli_env, run_module, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def dlm_decode(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.run([sys.executable, "-m", "decoding.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Names and bytes of every file (the run lock ``.lock`` holds only the last opener's pid)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *culprits: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    last = lines[-1]
-    assert last.startswith("error: "), result.stderr
-    assert len(lines) <= 2, result.stderr
-    for culprit in culprits:
-        assert culprit in last, (culprit, last)
-    return last
+    return run_module("decoding.cli", *args, env=cli_env(TQDM_DISABLE="1"), timeout=timeout)
 
 
 TINY = ["generate", "--model", "tiny"]

@@ -14,28 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_testing import assert_one_line_error, cli_env, run_module
+from cli_testing import snapshot as _snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    return env
+_env = cli_env
 
 
 def _sami(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "sami.cli", *map(str, args)], capture_output=True, text=True,
-                          env=_env(), timeout=timeout, cwd=ROOT)
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    """Names and bytes of a folder's files; the lock file (holder's pid, rewritten by every attempt that takes
-    the lock) is not a result."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return run_module("sami.cli", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +116,7 @@ def test_bad_input_is_refused_at_start_up(world, name, command, args, culprit):
     start = time.perf_counter()
     proc = _sami(command, *base, *args)
     elapsed = time.perf_counter() - start
-    err_lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert err_lines and err_lines[-1].startswith("error: "), proc.stderr
-    assert culprit in err_lines[-1], err_lines[-1]
-    assert len(err_lines) <= 2, proc.stderr
+    assert_one_line_error(proc, culprit)
     assert _snapshot(out) == before  # nothing written into an existing folder
     assert elapsed < 60  # no model load, no sampling (the 5 s target is measured on an idle machine)
 

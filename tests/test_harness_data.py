@@ -7,13 +7,12 @@ import hashlib
 import http.server
 import io
 import json
-import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
+from cli_testing import assert_one_line_error, cli_env, run_module
 
 from harness import data
 from harness.errors import DataFileError
@@ -228,9 +227,7 @@ def test_bad_manifest_names_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------------ the cmikit command
 def _cmikit(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "harness.main_cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=120)
+    return run_module("harness.main_cli", *args, env=cli_env(**(env or {})), cwd=cwd, timeout=120)
 
 
 def test_cli_fetch_then_path_and_list(tmp_path, server):
@@ -256,10 +253,7 @@ def test_cli_fetch_then_path_and_list(tmp_path, server):
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, culprit):
     result = _cmikit(*args, env={"CMIKIT_CACHE": str(tmp_path / "cache"), "CMIKIT_DATA": ""})
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    assert_one_line_error(result, culprit, max_lines=1)
     assert not (tmp_path / "cache" / "data").exists() or not any((tmp_path / "cache" / "data").rglob("*"))
 
 
