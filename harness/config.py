@@ -135,10 +135,10 @@ def check_at_least(key: str, value: float | int | None, minimum: float | int, al
     """``value >= minimum`` and finite (e.g. counts >= 1 where 0 has no meaning), else :class:`ConfigError`."""
     if value is None and allow_none:
         return
-    if value is None or isinstance(value, bool) or not value >= minimum:
-        raise ConfigError(f"{_flag(key)} {value}: must be >= {minimum}.")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{_flag(key)} {value}: must be a finite number >= {minimum}.")
+    if value is None or isinstance(value, bool) or not value >= minimum:
+        raise ConfigError(f"{_flag(key)} {value}: must be >= {minimum}.")
 
 
 def check_range(key: str, value: float | None, low: float, high: float, low_open: bool = False,
