@@ -1,33 +1,33 @@
-"""cip: Conformal Information Pursuit (Chan et al., NeurIPS 2025, arXiv 2507.03279).
+"""cmikit.cip: Conformal Information Pursuit (Chan et al., NeurIPS 2025, arXiv 2507.03279).
 
 Interactive question-asking agents that choose the next question by the expected size of a conformal
 prediction set (C-IP) instead of the entropy of a possibly miscalibrated LLM posterior (IP).
 
-* :mod:`cip.predictors`: P(label | history) from an LLM's first-token label logits after a prefilled answer
+* :mod:`cmikit.cip.predictors`: P(label | history) from an LLM's first-token label logits after a prefilled answer
   (§2, App. G.5), or exact Bayes over a knowledge base (our addition, a fast ground truth).
-* :mod:`cip.conformal`: split-conformal thresholds per history length (§3.2, Alg. 1), both quantile rules,
+* :mod:`cmikit.cip.conformal`: split-conformal thresholds per history length (§3.2, Alg. 1), both quantile rules,
   uniform and direct-prompting history samplers, a saved thresholds object.
-* :mod:`cip.criteria`: C-IP as the paper states it (mean set size) and as the reference code computes it
+* :mod:`cmikit.cip.criteria`: C-IP as the paper states it (mean set size) and as the reference code computes it
   (Fano-style bound), IP (entropy) (§3.1, eq. C-IP and (11)), and our variants that do not reward empty
   simulated sets (``cip-floor``, the default; ``cip-selffano``; ``cip-fano``).
-* :mod:`cip.miscalibration`: predictor wrappers (over-confidence, first-label bias) and a noisy answering
+* :mod:`cmikit.cip.miscalibration`: predictor wrappers (over-confidence, first-label bias) and a noisy answering
   world, with expected calibration error, for the miscalibration study (our addition).
-* :mod:`cip.agent`: the ask -> answer -> update -> stop -> predict loop with full traces and stopping rules
+* :mod:`cmikit.cip.agent`: the ask -> answer -> update -> stop -> predict loop with full traces and stopping rules
   (Alg. 4/5, G.10).
-* :mod:`cip.environments` and :mod:`cip.knowledge`: 20 Questions (closed bank, LLM answers, open LLM query
+* :mod:`cmikit.cip.environments` and :mod:`cmikit.cip.knowledge`: 20 Questions (closed bank, LLM answers, open LLM query
   sets) and MediQ (§4.1, §5.1); the project's own knowledge base ships in ``cip/data``.
-* :mod:`cip.evaluate` and :mod:`cip.cli`: ``cip play``, ``cip calibrate``, ``cip eval [--quick]``.
+* :mod:`cmikit.cip.evaluate` and :mod:`cmikit.cip.cli`: ``cip play``, ``cip calibrate``, ``cip eval [--quick]``.
 """
 
-from cip.agent import Agent, AgentConfig, apply_stopping
-from cip.conformal import (
+from cmikit.cip.agent import Agent, AgentConfig, apply_stopping
+from cmikit.cip.conformal import (
     ConformalThresholds,
     TrajectoryPrefixSampler,
     UniformHistorySampler,
     calibrate,
     conformal_quantile,
 )
-from cip.environments import (
+from cmikit.cip.environments import (
     LLMAnswerer,
     LLMQuerier,
     MediQ,
@@ -36,8 +36,8 @@ from cip.environments import (
     load_mediq_jsonl,
     load_mediq_split,
 )
-from cip.knowledge import KnowledgeBase, Turn
-from cip.predictors import LLMPredictor, MediQPrompt, TablePredictor, TwentyQuestionsPrompt
+from cmikit.cip.knowledge import KnowledgeBase, Turn
+from cmikit.cip.predictors import LLMPredictor, MediQPrompt, TablePredictor, TwentyQuestionsPrompt
 
 __all__ = [
     "Agent",

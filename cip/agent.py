@@ -4,7 +4,7 @@ App. G.10).
 At step k (history S_k): the posterior f(S_k) gives the prediction argmax and the conformal set at tau_k.
 Then every candidate query q is scored: n_est estimation items (x_i, y_i) are drawn, each answers q,
 the posteriors f(S_k + (q, a_i)) are computed -- **all of them in one predictor call**, identical
-(history, context) pairs only once -- and the criterion (:mod:`cip.criteria`) is evaluated with
+(history, context) pairs only once -- and the criterion (:mod:`cmikit.cip.criteria`) is evaluated with
 tau_{k+1}. The estimation items are drawn once per step and shared by all candidates (common random
 numbers), as in the reference code, which also draws them once per step before looping over the candidates.
 
@@ -22,11 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from cip.conformal import ConformalThresholds
-from cip.criteria import DEFAULT_CRITERION, ESTIMATION_SOURCES, SCORED_CRITERIA, check_criterion, score_all
-from cip.knowledge import History, Turn
-from cip.predictors import Predictor
-from harness.errors import ConfigError
+from cmikit.cip.conformal import ConformalThresholds
+from cmikit.cip.criteria import (
+    DEFAULT_CRITERION,
+    ESTIMATION_SOURCES,
+    SCORED_CRITERIA,
+    check_criterion,
+    score_all,
+)
+from cmikit.cip.knowledge import History, Turn
+from cmikit.cip.predictors import Predictor
+from cmikit.harness.errors import ConfigError
 
 
 class AgentError(ConfigError):
@@ -137,7 +143,7 @@ class Agent:
             scores = score_all(posteriors, weights, est_labels, tau, cfg.alpha, n_cal, set_rule, cfg.nonempty_sets,
                                current_size=current, alpha_n_correction=cfg.alpha_n_correction)
         else:
-            from cip.criteria import ip_score
+            from cmikit.cip.criteria import ip_score
 
             scores = {"ip": ip_score(posteriors, weights)}
         scores["n_posteriors"] = np.array([len(request_list)])

@@ -1,6 +1,6 @@
 """The ``cip`` command line: ``cip play``, ``cip calibrate``, ``cip eval [--quick]`` (paper §4-5 as tools).
 
-Options come from :class:`cip.evaluate.CIPConfig` (``--config file.yaml`` plus ``--key value`` overrides);
+Options come from :class:`cmikit.cip.evaluate.CIPConfig` (``--config file.yaml`` plus ``--key value`` overrides);
 ``cip <command> --help`` lists them all.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from cip.criteria import DEFAULT_CRITERION
+from cmikit.cip.criteria import DEFAULT_CRITERION
 
 USAGE = """usage: cip <command> [--config FILE.yaml] [--key value ...]
 
@@ -82,7 +82,7 @@ class PlayConfig:
 def _explicit_keys(argv: Sequence[str]) -> set[str]:
     keys = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
     if "--config" in argv:
-        from harness.config import load_yaml
+        from cmikit.harness.config import load_yaml
 
         path = argv[list(argv).index("--config") + 1] if list(argv).index("--config") + 1 < len(argv) else None
         if path:
@@ -95,7 +95,7 @@ def _parse(types: Any, argv: Sequence[str]) -> Any:
     default to true (``--no_progress`` = ``--progress false``)."""
     import dataclasses
 
-    from harness.config import parse_config
+    from cmikit.harness.config import parse_config
 
     bools = {f.name for t in (types if isinstance(types, tuple) else (types,)) for f in dataclasses.fields(t)
              if f.type in (bool, "bool") and f.default is True}
@@ -108,10 +108,10 @@ def _parse(types: Any, argv: Sequence[str]) -> Any:
 
 # --------------------------------------------------------------------------------------------- play
 def _play_cip_config(opts: PlayConfig) -> Any:
-    """The :class:`cip.evaluate.CIPConfig` that ``build`` needs, from play's options (validated there)."""
-    from cip.criteria import ALL_CRITERIA
-    from cip.evaluate import CIPConfig, resolve_predictor_kind
-    from harness.config import check_at_least, check_choice
+    """The :class:`cmikit.cip.evaluate.CIPConfig` that ``build`` needs, from play's options (validated there)."""
+    from cmikit.cip.criteria import ALL_CRITERIA
+    from cmikit.cip.evaluate import CIPConfig, resolve_predictor_kind
+    from cmikit.harness.config import check_at_least, check_choice
 
     check_at_least("n_cal", opts.n_cal, 1, allow_none=True)
     check_at_least("max_queries", opts.max_queries, 1, allow_none=True)
@@ -133,10 +133,10 @@ def play_cache_dir(cfg: Any) -> Path:
     that changes the thresholds (predictor and model, N, rules, history length, seed)."""
     import hashlib
 
-    from cip.evaluate import predictor_name
-    from cip.knowledge import resolve_kb_path
-    from harness.embedded import cache_root
-    from harness.runs import file_digest
+    from cmikit.cip.evaluate import predictor_name
+    from cmikit.cip.knowledge import resolve_kb_path
+    from cmikit.harness.embedded import cache_root
+    from cmikit.harness.runs import file_digest
 
     key = json.dumps({"kb": file_digest(resolve_kb_path(cfg.kb)), "predictor": predictor_name(cfg),
                       "label_style": cfg.label_style, "noun": cfg.noun, "n_cal": cfg.n_cal,
@@ -150,9 +150,9 @@ def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None
     """The interactive game. ``stdin``/``stdout`` default to the terminal (tests pass scripted streams)."""
     import time
 
-    from cip.agent import Agent, AgentConfig
-    from cip.evaluate import build, preflight, thresholds_for_seed
-    from cip.knowledge import KnowledgeBaseError, normalize_answer
+    from cmikit.cip.agent import Agent, AgentConfig
+    from cmikit.cip.evaluate import build, preflight, thresholds_for_seed
+    from cmikit.cip.knowledge import KnowledgeBaseError, normalize_answer
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
@@ -257,7 +257,7 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------ calibrate/eval
 def calibrate_cmd(argv: Sequence[str]) -> int:
-    from cip.evaluate import CIPConfig, run_calibrate
+    from cmikit.cip.evaluate import CIPConfig, run_calibrate
 
     cfg = _parse(CIPConfig, argv)
     if "out_dir" not in _explicit_keys(argv):
@@ -270,7 +270,7 @@ def calibrate_cmd(argv: Sequence[str]) -> int:
 
 
 def eval_cmd(argv: Sequence[str]) -> int:
-    from cip.evaluate import CIPConfig, apply_quick, run_eval
+    from cmikit.cip.evaluate import CIPConfig, apply_quick, run_eval
 
     cfg = apply_quick(_parse(CIPConfig, argv), _explicit_keys(argv))
     summary = run_eval(cfg)
@@ -316,7 +316,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"play": play, "calibrate"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from harness.cli import dispatch
+    from cmikit.harness.cli import dispatch
 
     return dispatch("cip", USAGE, COMMANDS, argv)
 

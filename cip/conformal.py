@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from cip.knowledge import History, Turn
-from harness.errors import ConfigError, ThresholdsError
+from cmikit.cip.knowledge import History, Turn
+from cmikit.harness.errors import ConfigError, ThresholdsError
 
 QUANTILE_RULES = ("finite-sample", "plain")
 SET_RULES = (">=", ">")

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from harness.errors import ConfigError
+from cmikit.harness.errors import ConfigError
 
 SCORED_CRITERIA = ("cip-floor", "cip-paper", "cip-code", "cip-fano", "cip-selffano", "ip")
 ALL_CRITERIA = (*SCORED_CRITERIA, "random", "direct")

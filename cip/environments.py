@@ -8,7 +8,7 @@
   :class:`PatientLLM` that picks relevant facts. Estimation samples are other patients from D_est, as in the
   reference code, which answer the test patient's questions from their own facts.
 
-Every environment offers the same small interface used by the agent (:mod:`cip.agent`): ``labels``,
+Every environment offers the same small interface used by the agent (:mod:`cmikit.cip.agent`): ``labels``,
 ``label_of(item)``, ``context(item)``, ``candidate_queries(item, history, rng)``, ``answer(item, query)`` and
 ``estimation_items(rng, n_est, source, posterior)``.
 """
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from cip.criteria import draw_estimation_labels
-from cip.knowledge import NO, UNKNOWN, YES, History, KnowledgeBase, answer_polarity
-from harness.errors import DataFileError
+from cmikit.cip.criteria import draw_estimation_labels
+from cmikit.cip.knowledge import NO, UNKNOWN, YES, History, KnowledgeBase, answer_polarity
+from cmikit.harness.errors import DataFileError
 
 CANNOT_ANSWER = "The patient cannot answer that."
 
@@ -60,7 +60,7 @@ class LLMAnswerer:
                 {"role": "user", "content": question}]
 
     def answer_many(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
-        from harness.backends import SamplingParams
+        from cmikit.harness.backends import SamplingParams
 
         todo = [p for p in dict.fromkeys(pairs) if p not in self.cache]
         if todo:
@@ -117,7 +117,7 @@ class LLMQuerier:
         ]
 
     def propose(self, history: History, m: int) -> list[str]:
-        from harness.backends import SamplingParams
+        from cmikit.harness.backends import SamplingParams
 
         asked = {t.question for t in history}
         found: list[str] = []
@@ -346,7 +346,7 @@ class PatientLLM:
         self.backend, self.max_new_tokens = backend, max_new_tokens
 
     def answer(self, facts: Sequence[str], query: str) -> str:
-        from harness.backends import SamplingParams
+        from cmikit.harness.backends import SamplingParams
 
         listing = "\n".join(f"- {f}" for f in facts)
         msgs = [{"role": "system", "content": "You are a patient. Answer the doctor only with facts from your "

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cip.agent import Agent, AgentConfig, apply_stopping
-from cip.conformal import (
+from cmikit.cip.agent import Agent, AgentConfig, apply_stopping
+from cmikit.cip.conformal import (
     QUANTILE_RULES,
     ConformalThresholds,
     TrajectoryPrefixSampler,
@@ -28,10 +28,10 @@ from cip.conformal import (
     calibrate,
     min_calibration_size,
 )
-from cip.criteria import ALL_CRITERIA, DEFAULT_CRITERION, SCORED_CRITERIA
-from cip.knowledge import KnowledgeBase
-from harness.config import check_at_least, check_range
-from harness.errors import ConfigError
+from cmikit.cip.criteria import ALL_CRITERIA, DEFAULT_CRITERION, SCORED_CRITERIA
+from cmikit.cip.knowledge import KnowledgeBase
+from cmikit.harness.config import check_at_least, check_range
+from cmikit.harness.errors import ConfigError
 
 
 def validate_common(cfg: Any) -> None:
@@ -201,13 +201,20 @@ class Setup:
 
 def build(cfg: CIPConfig, backend: Any = None) -> Setup:
     """Environment, predictor, calibration sampler and test items for a config."""
-    from cip.environments import LLMAnswerer, LLMQuerier, MediQ, PatientLLM, TwentyQuestions, load_mediq_split
-    from cip.predictors import LLMPredictor, MediQPrompt, TablePredictor, TwentyQuestionsPrompt
+    from cmikit.cip.environments import (
+        LLMAnswerer,
+        LLMQuerier,
+        MediQ,
+        PatientLLM,
+        TwentyQuestions,
+        load_mediq_split,
+    )
+    from cmikit.cip.predictors import LLMPredictor, MediQPrompt, TablePredictor, TwentyQuestionsPrompt
 
     kind = resolve_predictor_kind(cfg)
     needs_llm = kind == "llm" or cfg.answerer == "llm" or cfg.query_set == "open" or "direct" in cfg.methods
     if needs_llm and backend is None:
-        from harness.backends import TransformersBackend
+        from cmikit.harness.backends import TransformersBackend
 
         backend = TransformersBackend.from_ref(cfg.model, batch_size=cfg.batch_size,
                                                trust_remote_code=cfg.trust_remote_code)
@@ -257,11 +264,11 @@ def build(cfg: CIPConfig, backend: Any = None) -> Setup:
 
 def trajectory_sampler(path: str | Path, labels: list[str]) -> TrajectoryPrefixSampler:
     """Eq. 14's sampler from the saved games of a direct-prompting run (``cip eval --methods direct``)."""
-    from harness.evaluation import read_jsonl
+    from cmikit.harness.evaluation import read_jsonl
 
     records = [r for r in read_jsonl(path) if r.get("method") == "direct"]
     if not records:
-        from harness.errors import DataFileError
+        from cmikit.harness.errors import DataFileError
 
         raise DataFileError(f"{path} holds no games of the 'direct' method; run `cip eval --methods direct` first.")
     return TrajectoryPrefixSampler([{"label": labels.index(r["trace"]["true_label"]), "history": r["trace"]["history"]}
@@ -292,7 +299,7 @@ def check_thresholds_fit(th: ConformalThresholds, cfg: Any, labels: list[str], m
     """Refuse a thresholds file that does not fit this run (ThresholdsError naming what differs and how to
     recalibrate): calibrated for fewer questions than ``max_queries``, another predictor or model, another
     label set (the label check is :meth:`ConformalThresholds.check_labels`)."""
-    from cip.conformal import ThresholdsFileError
+    from cmikit.cip.conformal import ThresholdsFileError
 
     how = (f"recalibrate with `cip calibrate --kb {getattr(cfg, 'kb', '...')} --predictor "
            f"{resolve_predictor_kind(cfg)} --max_queries {cfg.max_queries} --out_dir DIR` and pass --thresholds DIR")
@@ -356,7 +363,7 @@ def game_metrics(trace: dict[str, Any], max_queries: int, stop_epsilon: float = 
 
 def curves(records: list[dict[str, Any]], max_queries: int) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Per metric (acc_cum, acc, set_size, covered) and method: mean and bootstrap band over k."""
-    from harness.evaluation import bootstrap_ci
+    from cmikit.harness.evaluation import bootstrap_ci
 
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     methods = sorted({r["method"] for r in records})
@@ -403,7 +410,7 @@ def coverage_vs_alpha(records: list[dict[str, Any]], thresholds: dict[int, Confo
 
 
 def _safe_alpha(th: ConformalThresholds, alpha: float) -> ConformalThresholds | None:
-    from cip.conformal import CalibrationError
+    from cmikit.cip.conformal import CalibrationError
 
     try:
         return th.with_alpha(alpha)
@@ -442,7 +449,7 @@ def mediq_root(cfg: Any) -> Path:
     """``--mediq_dir``, else the ``mediq`` dataset (``CMIKIT_DATA`` or ``cmikit data fetch mediq``)."""
     if cfg.mediq_dir:
         return Path(cfg.mediq_dir)
-    from harness.data import data_dir
+    from cmikit.harness.data import data_dir
 
     return data_dir("mediq")
 
@@ -458,7 +465,7 @@ def run_inputs(cfg: CIPConfig) -> tuple[dict[str, Path], dict[str, Any]]:
         for role in ("train", "cal", "test"):
             files[f"mediq_{role}"] = mediq_root(cfg) / "splits" / cfg.specialty / f"split{cfg.split}_{role}.csv"
     else:
-        from cip.knowledge import resolve_kb_path
+        from cmikit.cip.knowledge import resolve_kb_path
 
         files["kb"] = resolve_kb_path(cfg.kb)
     if cfg.thresholds:
@@ -477,7 +484,7 @@ def preflight(cfg: Any) -> list[str]:
     """Check every input file before any model loads or any folder is touched (the knowledge base or MediQ
     split files parse, a --thresholds file fits); returns the label set."""
     if getattr(cfg, "task", "20q") == "mediq":
-        from cip.environments import load_mediq_split
+        from cmikit.cip.environments import load_mediq_split
 
         for role in ("train", "cal", "test"):
             load_mediq_split(mediq_root(cfg), cfg.specialty, cfg.split, role)
@@ -491,8 +498,8 @@ def preflight(cfg: Any) -> list[str]:
 
 
 def _open(cfg: CIPConfig, kind: str):
-    from harness.config import config_to_dict
-    from harness.runs import open_run
+    from cmikit.harness.config import config_to_dict
+    from cmikit.harness.runs import open_run
 
     preflight(cfg)
     files, models = run_inputs(cfg)
@@ -517,14 +524,14 @@ def run_calibrate(cfg: CIPConfig, seed: int | None = None) -> tuple[ConformalThr
 
 def run_eval(cfg: CIPConfig, backend: Any = None) -> dict[str, Any]:
     """Calibrate per seed, play every (method, seed, item) game through the harness, summarise, plot. The
-    output folder is opened with :func:`harness.runs.open_run` (refuses other settings, one run at a time)."""
+    output folder is opened with :func:`cmikit.harness.runs.open_run` (refuses other settings, one run at a time)."""
     with _open(cfg, "cip-eval"):
         return _run_eval(cfg, backend)
 
 
 def _run_eval(cfg: CIPConfig, backend: Any = None) -> dict[str, Any]:
-    from harness.config import config_to_dict
-    from harness.evaluation import Task, plot_curves, read_jsonl, run_task
+    from cmikit.harness.config import config_to_dict
+    from cmikit.harness.evaluation import Task, plot_curves, read_jsonl, run_task
 
     out_dir = Path(cfg.out_dir)
     setup = build(cfg, backend)

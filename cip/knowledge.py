@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import DataFileError
+from cmikit.harness.errors import DataFileError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_KB = DATA_DIR / "everyday_things.json"
-AWA2_FILE = "twenty_questions_awa2_20.json"  # in the awa2 dataset (harness.data)
-KB_ALIASES = {"everyday": DEFAULT_KB, "default": DEFAULT_KB, "awa2": None}  # None: resolved by harness.data
+AWA2_FILE = "twenty_questions_awa2_20.json"  # in the awa2 dataset (cmikit.harness.data)
+KB_ALIASES = {"everyday": DEFAULT_KB, "default": DEFAULT_KB, "awa2": None}  # None: resolved by cmikit.harness.data
 
 YES, NO, UNKNOWN = "Yes.", "No.", "I don't know."
 ANSWER_WORDS = {"y": YES, "yes": YES, "n": NO, "no": NO, "u": UNKNOWN, "unknown": UNKNOWN, "?": UNKNOWN,
@@ -32,7 +32,7 @@ ANSWER_WORDS = {"y": YES, "yes": YES, "n": NO, "no": NO, "u": UNKNOWN, "unknown"
 
 class KnowledgeBaseError(DataFileError):
     """A knowledge base file or value a user can fix; the message says what was wrong (a
-    :class:`harness.errors.DataFileError`, so the CLIs print it as one line)."""
+    :class:`cmikit.harness.errors.DataFileError`, so the CLIs print it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def resolve_kb_path(path: str | Path | None) -> Path:
     if path is None:
         return Path(DEFAULT_KB)
     if str(path) in KB_ALIASES:
-        from harness.data import data_file
+        from cmikit.harness.data import data_file
 
         return Path(KB_ALIASES[str(path)] or data_file("awa2", AWA2_FILE))
     return Path(path)

@@ -1,7 +1,7 @@
 """Miscalibrated predictors and worlds, to test the paper's thesis in simulation (our addition).
 
 The paper's claim is that C-IP helps when the LLM's posterior is miscalibrated. With the exact-Bayes
-:class:`cip.predictors.TablePredictor` the posterior is calibrated by construction, so these wrappers
+:class:`cmikit.cip.predictors.TablePredictor` the posterior is calibrated by construction, so these wrappers
 miscalibrate it the ways LLMs are miscalibrated:
 
 * :class:`TemperedPredictor`: over-confidence, p_y proportional to p_y^(1/T) with T < 1 (T = 1: unchanged).
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from cip.knowledge import History, KnowledgeBase
-from cip.predictors import Predictor, PredictorError
+from cmikit.cip.knowledge import History, KnowledgeBase
+from cmikit.cip.predictors import Predictor, PredictorError
 
 
 class TemperedPredictor(Predictor):

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cip.knowledge import History, KnowledgeBase, answer_polarity
-from harness.errors import ConfigError
+from cmikit.cip.knowledge import History, KnowledgeBase, answer_polarity
+from cmikit.harness.errors import ConfigError
 
 Messages = list[dict[str, str]]
 
@@ -192,7 +192,7 @@ class LLMPredictor(Predictor):
     """P(label | history) from the first-token logits of the labels after a prefilled assistant turn.
 
     Args:
-        backend: a :class:`harness.backends.LMBackend`.
+        backend: a :class:`cmikit.harness.backends.LMBackend`.
         prompt: a :class:`TwentyQuestionsPrompt`, :class:`MediQPrompt` or any object with ``messages``,
             ``prefill``, ``label_texts`` and ``labels``.
     """
@@ -200,7 +200,7 @@ class LLMPredictor(Predictor):
     name = "llm"
 
     def __init__(self, backend: Any, prompt: Any) -> None:
-        from harness.backends import BackendError, first_token_ids
+        from cmikit.harness.backends import BackendError, first_token_ids
 
         self.backend = backend
         self.prompt = prompt

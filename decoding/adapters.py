@@ -24,7 +24,7 @@ bidirectional canvas, so both are refused with a message (Fast-dLLM ships modifi
 which this loop does not drive); BERT-style encoders have no cache either.
 
 A stock causal class without ``bidirectional=True`` is refused: it would attend causally and produce
-garbage for a masked-diffusion loop. The 4D mask comes from :func:`harness.testing.bidirectional_attention_mask`
+garbage for a masked-diffusion loop. The 4D mask comes from :func:`cmikit.harness.testing.bidirectional_attention_mask`
 (one implementation for the whole toolkit): transformers passes a user 4D mask through unchanged, which
 turns a causal decoder bidirectional.
 """
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.errors import ConfigError, ModelRefError
+from cmikit.harness.errors import ConfigError, ModelRefError
 
 
 class AdapterError(ModelRefError, ValueError):
@@ -110,7 +110,7 @@ class DiffusionModelAdapter:
             if padded:
                 kwargs["attention_mask"] = attention_mask
         elif self.attention == "4d":
-            from harness.testing import bidirectional_attention_mask, padded_position_ids
+            from cmikit.harness.testing import bidirectional_attention_mask, padded_position_ids
 
             mask2d = attention_mask if padded else None
             # Additive float mask: eager attention adds the mask to the scores, so a bool mask would not hide
@@ -239,7 +239,7 @@ class BlockKVCache:
 
     def refresh(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
         """Full forward (aligned logits ``[B, L, V]``) that also stores the keys/values outside the window."""
-        from harness.testing import padded_position_ids
+        from cmikit.harness.testing import padded_position_ids
 
         batch, length = input_ids.shape
         self.store = _kv_store_class()()

@@ -1,7 +1,7 @@
 """``dlm-decode bench``: every strategy over a grid of budgets on the tiny trained DLMs, plus loop overhead.
 
-Part 1 (accuracy vs NFE): the tiny LLaDA-style models of :mod:`decoding.tiny_dlm` decode held-out problems
-of their task (:mod:`decoding.tiny_task`: ``copy-one-of-two``, gen_length 24, and ``one-class-upper``,
+Part 1 (accuracy vs NFE): the tiny LLaDA-style models of :mod:`cmikit.decoding.tiny_dlm` decode held-out problems
+of their task (:mod:`cmikit.decoding.tiny_task`: ``copy-one-of-two``, gen_length 24, and ``one-class-upper``,
 gen_length 64, whose confident but coupled positions punish committing dependent tokens together) with
 each strategy and setting; recorded per setting: exact-match accuracy, mean NFE per sequence
 (``nfe_per_row``), wall time and sequences/s. The baseline is LLaDA ``low_confidence`` with one token per
@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from decoding.adapters import DiffusionModelAdapter, adapt
-from decoding.config import DiffusionGenerationConfig
-from decoding.loop import generate
-from harness.errors import ConfigError
+from cmikit.decoding.adapters import DiffusionModelAdapter, adapt
+from cmikit.decoding.config import DiffusionGenerationConfig
+from cmikit.decoding.loop import generate
+from cmikit.harness.errors import ConfigError
 
 BASELINE = ("low_confidence", "steps=N")
 
@@ -128,7 +128,7 @@ N_PROBLEMS = {"copy-one-of-two": (256, 64), "one-class-upper": (128, 32)}
 def evaluate_setting(model, tokenizer, task, problems, config: DiffusionGenerationConfig,
                      batch_size: int) -> dict[str, Any]:
     """Exact match, mean NFE per sequence, wall time and sequences/s for one config."""
-    from decoding.tiny_dlm import encode_problems
+    from cmikit.decoding.tiny_dlm import encode_problems
 
     prompts, _ = encode_problems(problems, tokenizer, task.gen_length)
     correct, nfe_rows, batch_nfe = 0, [], 0
@@ -156,8 +156,8 @@ def accuracy_vs_nfe(model_path: str | None, quick: bool, batch_size: int = 128,
                     seed: int = 0, task_name: str = "copy-one-of-two") -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from decoding.tiny_dlm import load_tiny_dlm
-    from decoding.tiny_task import task_name as name_of
+    from cmikit.decoding.tiny_dlm import load_tiny_dlm
+    from cmikit.decoding.tiny_task import task_name as name_of
 
     model, tokenizer, task = load_tiny_dlm(model_path, progress=progress, task=task_name)
     n_problems = n_problems or N_PROBLEMS[task_name][1 if quick else 0]
@@ -241,7 +241,7 @@ def measure_overhead(model_ref: str = "smollm2-135m-instruct", batch_sizes: tupl
     """Loop + strategy time per step minus forward time, on a ~135M model made bidirectional (timing only)."""
     from tqdm.auto import tqdm
 
-    from harness.models import load_model
+    from cmikit.harness.models import load_model
 
     model, tokenizer = load_model(model_ref, trust_remote_code=trust_remote_code)
     model.eval()
@@ -288,7 +288,7 @@ def measure_overhead(model_ref: str = "smollm2-135m-instruct", batch_sizes: tupl
 
 # -------------------------------------------------------------------------------------------------------------
 def plot(results: list[dict[str, Any]], path: Path, title: str = "", task: str = "copy-one-of-two") -> None:
-    from harness.evaluation import plot_curves
+    from cmikit.harness.evaluation import plot_curves
 
     series = {}
     for strategy in dict.fromkeys(r["strategy"] for r in results):
@@ -308,7 +308,7 @@ def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path
               tasks: tuple[str, ...] = ("copy-one-of-two", "one-class-upper"),
               parts: tuple[str, ...] = ("accuracy", "overhead", "cache"),
               trust_remote_code: bool = False) -> dict[str, Any]:
-    """Run the ``parts`` (accuracy vs NFE per task, overhead, KV cache: :mod:`decoding.bench_cache`) and write
+    """Run the ``parts`` (accuracy vs NFE per task, overhead, KV cache: :mod:`cmikit.decoding.bench_cache`) and write
     ``bench.json`` and the plots; returns the report dict.
 
     ``model_path`` replaces the packaged checkpoint of the first task in ``tasks`` (the others load theirs).
@@ -323,7 +323,7 @@ def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path
                  "threads": torch.get_num_threads()},
     }
     if "cache" in parts:
-        from decoding.bench_cache import cache_report
+        from cmikit.decoding.bench_cache import cache_report
 
         report["cache"] = cache_report(quick, overhead_model or "smollm2-135m-instruct", model_path, batch_size,
                                        trust_remote_code=trust_remote_code)
@@ -354,6 +354,6 @@ def run_bench(out_dir: str | Path = "bench_out", quick: bool = False, model_path
 def gpu_throughput(model_ref: str = "smollm2-135m-instruct") -> dict[str, Any]:
     """For ``scripts/gpu_check.sh``: tokens/s of the issue-11 cache comparison (prompt 64, gen_length 256,
     block 32, one token per step, batch 1; no cache / prefix / dual) on the accelerate process's device."""
-    from decoding.bench_cache import cache_speed
+    from cmikit.decoding.bench_cache import cache_speed
 
     return cache_speed(model_ref, progress=False)

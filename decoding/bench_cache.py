@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from decoding.config import DiffusionGenerationConfig
-from decoding.loop import generate
+from cmikit.decoding.config import DiffusionGenerationConfig
+from cmikit.decoding.loop import generate
 
 MODES = ("none", "prefix", "dual")
 ACCURACY_STRATEGIES = ("low_confidence", "threshold", "ccd")
@@ -48,9 +48,9 @@ def cache_speed(model_ref: str = "smollm2-135m-instruct", prompt_length: int = 6
     """Seconds and tokens/s of one batch-1 decode per cache mode (same prompt, same process)."""
     from tqdm.auto import tqdm
 
-    from decoding.adapters import adapt
-    from decoding.bench import spare_special_token_id
-    from harness.models import load_model
+    from cmikit.decoding.adapters import adapt
+    from cmikit.decoding.bench import spare_special_token_id
+    from cmikit.harness.models import load_model
 
     model, tokenizer = load_model(model_ref, trust_remote_code=trust_remote_code)
     model.eval()
@@ -95,7 +95,7 @@ def cache_accuracy(model_path: str | None = None, n_problems: int = 256, block_l
     """Exact match, mean NFE and agreement with no cache on the tiny DLM, per strategy and cache mode."""
     from tqdm.auto import tqdm
 
-    from decoding.tiny_dlm import encode_problems, load_tiny_dlm
+    from cmikit.decoding.tiny_dlm import encode_problems, load_tiny_dlm
 
     model, tokenizer, task = load_tiny_dlm(model_path, progress=progress)
     problems = task.problems(n_problems, seed=12345)

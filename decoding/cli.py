@@ -17,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from decoding.config import CACHE_MODES, NUMERICS, STRATEGIES, DiffusionGenerationConfig
-from harness.config import check_at_least, check_choice, strict_bool
-from harness.errors import ConfigError
+from cmikit.decoding.config import CACHE_MODES, NUMERICS, STRATEGIES, DiffusionGenerationConfig
+from cmikit.harness.config import check_at_least, check_choice, strict_bool
+from cmikit.harness.errors import ConfigError
 
 _SKIP = {"extra", "output_history"}
 BENCH_PARTS = ("accuracy", "overhead", "cache")
@@ -87,7 +87,7 @@ def _config_from(args: argparse.Namespace) -> DiffusionGenerationConfig:
 
 def _check_generate_args(args: argparse.Namespace) -> DiffusionGenerationConfig:
     """Every start-up check of ``generate`` (before any model loads)."""
-    from harness.models import _DTYPES
+    from cmikit.harness.models import _DTYPES
 
     config = _config_from(args)
     for prompt in args.prompt:
@@ -96,7 +96,7 @@ def _check_generate_args(args: argparse.Namespace) -> DiffusionGenerationConfig:
     check_choice("--dtype", args.dtype, list(_DTYPES))
     check_at_least("--mask-token-id", args.mask_token_id, 0, allow_none=True)
     if args.model == "tiny":
-        from harness.testing import tiny_tokenizer
+        from cmikit.harness.testing import tiny_tokenizer
 
         if len({len(p) for p in args.prompt}) > 1:
             raise ConfigError("--prompt: the tiny DLM takes prompts of equal length (it has no padding); got "
@@ -116,7 +116,7 @@ def _check_generate_args(args: argparse.Namespace) -> DiffusionGenerationConfig:
 
 def _tiny_context() -> int | None:
     """The packaged tiny DLM's context length, read from its config.json (no model load)."""
-    from decoding.tiny_dlm import ASSET_DIR, cache_dir
+    from cmikit.decoding.tiny_dlm import ASSET_DIR, cache_dir
 
     for folder in (ASSET_DIR, cache_dir()):
         path = folder / "config.json"
@@ -131,17 +131,17 @@ def _tiny_context() -> int | None:
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
-    from decoding.loop import generate
+    from cmikit.decoding.loop import generate
 
     config = _check_generate_args(args)
     if args.model == "tiny":
-        from decoding.tiny_dlm import load_tiny_dlm
+        from cmikit.decoding.tiny_dlm import load_tiny_dlm
 
         model, tokenizer, _ = load_tiny_dlm()
         ids = torch.tensor([tokenizer.convert_tokens_to_ids(list(p)) for p in args.prompt])
         attention_mask = None
     else:
-        from harness.models import load_model
+        from cmikit.harness.models import load_model
 
         model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype)
         texts = args.prompt
@@ -151,7 +151,7 @@ def _generate(args: argparse.Namespace) -> None:
         tokenizer.padding_side = "left"
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not args.chat)
         ids, attention_mask = enc["input_ids"], enc["attention_mask"]
-    from decoding.adapters import adapt
+    from cmikit.decoding.adapters import adapt
 
     adapter = adapt(model, tokenizer, bidirectional=args.bidirectional or None, mask_token_id=args.mask_token_id)
     out = generate(adapter, ids.to(adapter.device), config,
@@ -182,9 +182,9 @@ def _check_bench_args(args: argparse.Namespace) -> list[str]:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from decoding.bench import run_bench
-    from decoding.tiny_dlm import asset_dir
-    from harness.runs import open_run
+    from cmikit.decoding.bench import run_bench
+    from cmikit.decoding.tiny_dlm import asset_dir
+    from cmikit.harness.runs import open_run
 
     parts = _check_bench_args(args)
     settings = {k: v for k, v in vars(args).items() if k != "command"}
@@ -227,7 +227,7 @@ def _train_tiny(args: argparse.Namespace, extra: list[str]) -> None:
         spec.loader.exec_module(module)
         module.main(extra)
         return
-    from decoding.tiny_dlm import ASSET_DIR, TinyDLMTrainConfig, train_tiny_dlm
+    from cmikit.decoding.tiny_dlm import ASSET_DIR, TinyDLMTrainConfig, train_tiny_dlm
 
     print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), ASSET_DIR)}")
 
@@ -295,8 +295,8 @@ def _main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``dlm-decode``: inside :func:`harness.cli.run_cli` (one ``error:`` line and exit 2 for user errors)."""
-    from harness.cli import run_cli
+    """``dlm-decode``: inside :func:`cmikit.harness.cli.run_cli` (one ``error:`` line and exit 2 for user errors)."""
+    from cmikit.harness.cli import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_cli(lambda: _main(argv))

@@ -1,7 +1,7 @@
 """``DiffusionGenerationConfig``: every knob of the decoding loop and its strategies, validated in one place.
 
 Modelled on transformers' ``GenerationConfig`` (and Dream's ``DreamGenerationConfig``, whose ``validate`` is
-a no-op): plain attributes with documented defaults, ``validate()`` raising ``harness.errors.ConfigError`` (a
+a no-op): plain attributes with documented defaults, ``validate()`` raising ``cmikit.harness.errors.ConfigError`` (a
 ``ValueError``) that names the field, the value and what is allowed, and ``to_dict`` / ``update`` helpers.
 """
 
@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import ConfigError
+from cmikit.harness.errors import ConfigError
 
 STRATEGIES = (
     "low_confidence", "random",                                 # LLaDA generate.py remasking
@@ -43,7 +43,7 @@ class DiffusionGenerationConfig:
             ``diffusion_generate`` do (their loops have no early exit), so NFE is comparable with their
             papers. Off by default: steps that could commit nothing are skipped. A block with masks left after
             its budget (CCD with steps not dividing the block) still runs on until it is full.
-        strategy (str, "low_confidence"): one of :data:`STRATEGIES`, see ``decoding.strategies``.
+        strategy (str, "low_confidence"): one of :data:`STRATEGIES`, see ``cmikit.decoding.strategies``.
 
     Sampling (all strategies)
         temperature (float, 0.0): 0 = greedy. LLaDA strategies use float64 Gumbel-max; Dream and CCD sample
@@ -148,7 +148,7 @@ class DiffusionGenerationConfig:
 
     # -- validation --------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise :class:`~harness.errors.ConfigError` (a ``ValueError``) naming the field, its value and what is allowed."""
+        """Raise :class:`~cmikit.harness.errors.ConfigError` (a ``ValueError``) naming the field, its value and what is allowed."""
 
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"DiffusionGenerationConfig.{name}={getattr(self, name)!r} is invalid: {allowed}.")

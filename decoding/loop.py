@@ -12,12 +12,12 @@
 
 With ``cache="prefix"`` / ``"dual"`` (Fast-dLLM), the first step of each block (and every ``cache_refresh``
 steps) is a full forward that also stores keys/values; the other steps run only the block plus the suffix
-(prefix) or only the block (dual) against them (:class:`decoding.adapters.BlockKVCache`). Strategies see the
+(prefix) or only the block (dual) against them (:class:`cmikit.decoding.adapters.BlockKVCache`). Strategies see the
 same block logits either way, so their state across steps (CCD's history) stays valid.
 
 Blocks, the forward pass, classifier-free guidance (LLaDA: ``un + (cfg + 1) (cond - un)`` with the prompt
 masked in the unconditional pass), EOS suppression, hooks, history and NFE counting live here once;
-strategies (``decoding.strategies``) only decide. Everything is batched: rows that finish a block early
+strategies (``cmikit.decoding.strategies``) only decide. Everything is batched: rows that finish a block early
 stop committing but the batch keeps stepping until every row is done (``nfe_per_row`` counts the passes in
 which a row still had masks, i.e. what it would have cost alone).
 """
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decoding.adapters import DiffusionModelAdapter, adapt
-from decoding.config import DiffusionGenerationConfig
-from decoding.strategies import StepInput, Strategy, make_strategy
-from harness.errors import ConfigError
+from cmikit.decoding.adapters import DiffusionModelAdapter, adapt
+from cmikit.decoding.config import DiffusionGenerationConfig
+from cmikit.decoding.strategies import StepInput, Strategy, make_strategy
+from cmikit.harness.errors import ConfigError
 
 Hook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
@@ -107,7 +107,7 @@ def generate(
     """Decode ``gen_length`` tokens after ``input_ids`` with a masked diffusion LM.
 
     Args:
-        model: a model or a :class:`~decoding.adapters.DiffusionModelAdapter` (see :func:`decoding.adapt`).
+        model: a model or a :class:`~cmikit.decoding.adapters.DiffusionModelAdapter` (see :func:`decoding.adapt`).
         input_ids: ``[B, P]`` prompts, left-padded when lengths differ.
         config: a :class:`DiffusionGenerationConfig`; ``config_overrides`` replace its fields.
         attention_mask: ``[B, P]`` 1 for real tokens, 0 for left padding.
@@ -120,9 +120,9 @@ def generate(
         ``commits_per_step``, ``history``.
 
     Raises:
-        harness.errors.ConfigError: bad input shapes, or hooks together with a KV cache (a cached step computes
+        cmikit.harness.errors.ConfigError: bad input shapes, or hooks together with a KV cache (a cached step computes
             only the block's logits, and a hook that edits the canvas outside the block would leave the cache stale).
-        harness.errors.ModelRefError: ``cache`` requested for a model that cannot reuse keys/values.
+        cmikit.harness.errors.ModelRefError: ``cache`` requested for a model that cannot reuse keys/values.
     """
     config = config or DiffusionGenerationConfig()
     if config_overrides:

@@ -10,7 +10,7 @@ Two ways in, both ending in :func:`decoding.generate` with options resolved by o
   transformers hands every ``generate`` argument over as is, and the entry merges them into a
   ``GenerationConfig`` exactly as transformers does for the callable (``model._prepare_generation_config``).
 
-``diffusion_config`` may be a :class:`~decoding.config.DiffusionGenerationConfig` or a dict of its fields;
+``diffusion_config`` may be a :class:`~cmikit.decoding.config.DiffusionGenerationConfig` or a dict of its fields;
 both behave the same: a field counts as *set* when it is a dict key, or, for an object, when it differs
 from the dataclass default. Set fields win over anything taken from the ``GenerationConfig``.
 
@@ -22,7 +22,7 @@ honoured                       how
 =============================  ====================================================================================
 ``max_new_tokens``             ``gen_length`` (when ``diffusion_config`` does not set it; a different ``gen_length``
                                there and a ``max_new_tokens`` passed in the call is a :class:`ConfigError`)
-``return_dict_in_generate``    return the :class:`~decoding.loop.DiffusionOutput` instead of the sequences
+``return_dict_in_generate``    return the :class:`~cmikit.decoding.loop.DiffusionOutput` instead of the sequences
 ``do_sample``                  ``True``: ``temperature``, ``top_p`` (< 1) and ``top_k`` carry over (unless
                                ``diffusion_config`` sets them); otherwise decoding is greedy (temperature 0)
 ``num_beams``,                 must be 1 (or unset): anything else is a :class:`ConfigError`
@@ -49,9 +49,9 @@ from typing import Any
 
 import torch
 
-from decoding.config import DiffusionGenerationConfig
-from decoding.loop import DiffusionOutput, generate
-from harness.errors import ConfigError
+from cmikit.decoding.config import DiffusionGenerationConfig
+from cmikit.decoding.loop import DiffusionOutput, generate
+from cmikit.harness.errors import ConfigError
 
 #: The folder to pass as ``custom_generate=`` (it holds ``custom_generate/generate.py``).
 CUSTOM_GENERATE_DIR = str(Path(__file__).parent)
@@ -166,7 +166,7 @@ def diffusion_generate(
 ) -> torch.LongTensor | DiffusionOutput:
     """Callable for ``model.generate(custom_generate=diffusion_generate, diffusion_config=...)``.
 
-    Returns the sequences, or the full :class:`~decoding.loop.DiffusionOutput` when
+    Returns the sequences, or the full :class:`~cmikit.decoding.loop.DiffusionOutput` when
     ``return_dict_in_generate=True``. Options are resolved by :func:`resolve_generate_options` (see the module
     docstring for the ``GenerationConfig`` fields honoured and ignored). Logits processors and stopping
     criteria of autoregressive generation do not apply to a diffusion canvas and are ignored.

@@ -1,5 +1,5 @@
 """Strategies: small objects that answer one question, "which masked positions of this block do I commit now,
-and with which tokens". The loop (:mod:`decoding.loop`) owns everything else (canvas, blocks, forward
+and with which tokens". The loop (:mod:`cmikit.decoding.loop`) owns everything else (canvas, blocks, forward
 passes, classifier-free guidance, EOS suppression, hooks, NFE counting).
 
 Every strategy sees block-local tensors (``[B, n]`` for the ``n`` positions of the current block) and is
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from decoding.config import DiffusionGenerationConfig
+from cmikit.decoding.config import DiffusionGenerationConfig
 
 NEG_INF = float("-inf")
 # Confidence given to positions whose token is deferred (EOS with ``defer_eos``): below every real

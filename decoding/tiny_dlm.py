@@ -1,11 +1,11 @@
-"""Tiny LLaDA-style masked diffusion LMs, trained from scratch on the synthetic tasks of :mod:`decoding.tiny_task`
-(``copy-one-of-two``, :class:`~decoding.tiny_task.CopyOneTask`, gen_length 24; ``one-class-upper``,
-:class:`~decoding.tiny_task.OneClassUpperTask`, gen_length 64).
+"""Tiny LLaDA-style masked diffusion LMs, trained from scratch on the synthetic tasks of :mod:`cmikit.decoding.tiny_task`
+(``copy-one-of-two``, :class:`~cmikit.decoding.tiny_task.CopyOneTask`, gen_length 24; ``one-class-upper``,
+:class:`~cmikit.decoding.tiny_task.OneClassUpperTask`, gen_length 64).
 
 The model is a stock ``LlamaForCausalLM`` that always attends bidirectionally (a 4D all-visible mask),
 with ``config.mask_token_id``, ``config.shift_logits = False`` (LLaDA convention: logits at i predict
 token i) and ``config.is_bidirectional = True``. The tokenizer is the character-level
-:func:`harness.testing.tiny_tokenizer`; every special id is read from it.
+:func:`cmikit.harness.testing.tiny_tokenizer`; every special id is read from it.
 
 Training is the masked-diffusion SFT objective of LLaDA (Nie et al., 2025, Eq. 5 / their SFT recipe):
 the prompt stays visible, each answer token (EOS padding included) is masked with probability
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from decoding.tiny_task import CopyOneTask, OneClassUpperTask, task_from_dict, task_name
+from cmikit.decoding.tiny_task import CopyOneTask, OneClassUpperTask, task_from_dict, task_name
 
 #: Checkpoint folder name per task (under ``decoding/assets`` or the cache).
 CHECKPOINT_NAMES = {"copy-one-of-two": "tiny-copy-dlm", "one-class-upper": "tiny-case-dlm"}
@@ -99,7 +99,7 @@ def train_config_for(task: str = DEFAULT_TASK, **overrides) -> TinyDLMTrainConfi
 
 
 def _tokenizer():
-    from harness.testing import tiny_tokenizer
+    from cmikit.harness.testing import tiny_tokenizer
 
     return tiny_tokenizer()
 
@@ -142,7 +142,7 @@ def encode_problems(problems: list[tuple[str, str]], tokenizer, gen_length: int)
 
 
 def bidirectional_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    from harness.testing import bidirectional_attention_mask
+    from cmikit.harness.testing import bidirectional_attention_mask
 
     return model(input_ids=input_ids, attention_mask=bidirectional_attention_mask(None, input_ids)).logits
 

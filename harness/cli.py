@@ -1,7 +1,7 @@
 """The error boundary and sub-command dispatcher shared by the ``sami``, ``cip``, ``dlm-decode`` and
 ``cmikit`` console scripts.
 
-A :class:`harness.errors.CmikitError` (bad config, model reference, data file, thresholds, incompatible or
+A :class:`cmikit.harness.errors.CmikitError` (bad config, model reference, data file, thresholds, incompatible or
 busy run folder) is printed as one line, ``error: <message>``, with exit code 2. Ctrl-C prints one line and
 exits 130 (resumable commands resume where they stopped when rerun). Anything else is a bug and keeps its
 traceback.
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
-from harness.errors import CmikitError
+from cmikit.harness.errors import CmikitError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

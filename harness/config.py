@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import ConfigError
+from cmikit.harness.errors import ConfigError
 
 
 def _field_names(types: Sequence[type]) -> dict[str, type]:

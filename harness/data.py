@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.embedded import cache_root, sha256_file
-from harness.errors import DataFileError
+from cmikit.harness.embedded import cache_root, sha256_file
+from cmikit.harness.errors import DataFileError
 
 MANIFEST = Path(__file__).resolve().with_name("datasets.json")
 DATA_ENV = "CMIKIT_DATA"
@@ -230,7 +230,7 @@ def _download(item: DataFile, dest: Path, bar) -> None:
 
 def _build_awa2_twenty_questions(folder: Path) -> bytes:
     """The 20-class AwA2 knowledge base ``{"source", "questions", "classes", "answers"}`` in the format of
-    :mod:`cip.knowledge`, from the predicate matrix, the question phrasings and the class list."""
+    :mod:`cmikit.cip.knowledge`, from the predicate matrix, the question phrasings and the class list."""
     rows = [[int(v) for v in line.split()] for line in (folder / "predicate-matrix-binary.txt").read_text().splitlines()
             if line.strip()]
     questions = [line.strip() for line in (folder / "queries.txt").read_text().splitlines() if line.strip()]

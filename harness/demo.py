@@ -1,4 +1,4 @@
-"""``python -m harness.demo``: load the embedded default model and answer one prompt through the backend.
+"""``python -m cmikit.harness.demo``: load the embedded default model and answer one prompt through the backend.
 
 A smoke run of the foundation (loader, embedded model, backend); the method packages' main jobs build on it.
 """
@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from harness.backends import SamplingParams, TransformersBackend, first_token_ids
+from cmikit.harness.backends import SamplingParams, TransformersBackend, first_token_ids
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from harness.errors import ModelRefError
+from cmikit.harness.errors import ModelRefError
 
 logger = logging.getLogger(__name__)
 

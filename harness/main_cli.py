@@ -11,8 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from harness.cli import dispatch
-from harness.errors import ConfigError
+from cmikit.harness.cli import dispatch
+from cmikit.harness.errors import ConfigError
 
 USAGE = """usage: cmikit <command> [args]
 
@@ -47,7 +47,7 @@ def _data_parser(command: str) -> argparse.ArgumentParser:
 
 
 def data_command(argv: Sequence[str]) -> int:
-    from harness import data
+    from cmikit.harness import data
 
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):

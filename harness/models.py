@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ModelRefError
+from cmikit.harness.errors import ModelRefError
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def load_model(
 
     tok_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if resolved.kind == "embedded":
-        from harness.embedded import prepare_embedded_model
+        from cmikit.harness.embedded import prepare_embedded_model
 
         source = str(prepare_embedded_model())
     elif resolved.kind == "gguf":

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import RunConflictError
+from cmikit.harness.errors import RunConflictError
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -64,7 +64,7 @@ def file_digest(path: str | Path) -> str:
     if key in _digest_cache:
         return _digest_cache[key]
     if st.st_size <= FULL_HASH_LIMIT:
-        from harness.embedded import sha256_file
+        from cmikit.harness.embedded import sha256_file
 
         out = f"sha256:{sha256_file(path)}"
     else:
@@ -97,7 +97,7 @@ def model_identity(ref: str | None, adapter: str | None = None, revision: str | 
     id (``"main"`` unless given: a Hub id whose branch moves is only as fixed as its revision). ``adapter``
     (a PEFT folder) is digested the same way. Unknown references are returned as given (the loader reports
     them)."""
-    from harness.models import ModelLoadError, resolve_model_ref
+    from cmikit.harness.models import ModelLoadError, resolve_model_ref
 
     out: dict[str, Any] = {"ref": ref}
     if ref is None:
@@ -107,7 +107,7 @@ def model_identity(ref: str | None, adapter: str | None = None, revision: str | 
     except ModelLoadError:
         return out
     if resolved.kind == "embedded":
-        from harness.embedded import GGUF_SHA256
+        from cmikit.harness.embedded import GGUF_SHA256
 
         out["weights"] = f"sha256:{GGUF_SHA256}"
     elif resolved.kind == "gguf":

@@ -1,13 +1,13 @@
 """Start-up checks shared by the ``sami`` commands: every option is validated before a model loads, and
-every failure is a :class:`harness.errors.CmikitError` naming the key, the value and what is allowed."""
+every failure is a :class:`cmikit.harness.errors.CmikitError` naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from harness.config import check_at_least, check_choice, check_range
-from harness.errors import ConfigError, ModelRefError
+from cmikit.harness.config import check_at_least, check_choice, check_range
+from cmikit.harness.errors import ConfigError, ModelRefError
 
 DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 BACKENDS = ("transformers", "vllm")
@@ -16,7 +16,7 @@ BACKENDS = ("transformers", "vllm")
 def check_model_ref(key: str, ref: str | None, allow_none: bool = False) -> None:
     """``ref`` names a model that can exist: a known alias, an existing folder or .gguf, or a Hub id whose owner
     part is not a local folder (``runs/my-modl`` with ``runs/`` present is a mistyped folder, not a Hub id)."""
-    from harness.models import ModelLoadError, resolve_model_ref
+    from cmikit.harness.models import ModelLoadError, resolve_model_ref
 
     if ref is None and allow_none:
         return
@@ -68,8 +68,8 @@ def local_files(*sources: str | None) -> dict[str, str]:
 
 def check_common(cfg: Any) -> None:
     """Checks on keys several configs share (each only when the config has it)."""
-    from sami.constitutions import NEGATIVE_MODES
-    from sami.prompts import FORMATS, TASKS
+    from cmikit.sami.constitutions import NEGATIVE_MODES
+    from cmikit.sami.prompts import FORMATS, TASKS
 
     has = lambda k: hasattr(cfg, k)  # noqa: E731
     if has("task"):

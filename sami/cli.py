@@ -6,7 +6,7 @@
     sami judge --judged released_judge_outputs.json --out_dir runs/judge-released
     accelerate launch --config_file configs/accelerate/fsdp.yaml scripts/train_sami.py --config ...
 
-Every subcommand takes ``--config file.yaml`` plus ``--key value`` overrides (``harness.config``); ``sami
+Every subcommand takes ``--config file.yaml`` plus ``--key value`` overrides (``cmikit.harness.config``); ``sami
 <command> --help`` lists the keys.
 """
 
@@ -16,8 +16,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from harness.config import check_at_least, check_choice, config_to_dict, parse_config
-from harness.errors import ConfigError
+from cmikit.harness.config import check_at_least, check_choice, config_to_dict, parse_config
+from cmikit.harness.errors import ConfigError
 
 USAGE = """usage: sami <command> [--config FILE.yaml] [--key value ...]
 
@@ -55,8 +55,8 @@ class EvaluateConfig:
     overwrite: bool = field(default=False, metadata={"help": "empty a run folder made with other settings"})
 
     def __post_init__(self) -> None:
-        from sami.checks import check_adapter, check_common, check_model_ref, check_source_file
-        from sami.loss import REDUCTIONS
+        from cmikit.sami.checks import check_adapter, check_common, check_model_ref, check_source_file
+        from cmikit.sami.loss import REDUCTIONS
 
         check_model_ref("model", self.model)
         check_adapter("adapter", self.adapter)
@@ -92,8 +92,8 @@ class JudgeConfig:
     overwrite: bool = field(default=False, metadata={"help": "empty a run folder made with other settings"})
 
     def __post_init__(self) -> None:
-        from sami.checks import check_common, check_model_ref
-        from sami.judge import MODES, ORDERS
+        from cmikit.sami.checks import check_common, check_model_ref
+        from cmikit.sami.judge import MODES, ORDERS
 
         check_common(self)
         check_choice("mode", self.mode, MODES)
@@ -113,8 +113,8 @@ class JudgeConfig:
 
 
 def _iterate(argv: Sequence[str]) -> int:
-    from sami.config import SAMIConfig
-    from sami.iterate import IterateConfig, run_expert_iteration
+    from cmikit.sami.config import SAMIConfig
+    from cmikit.sami.iterate import IterateConfig, run_expert_iteration
 
     cfg, train_args = parse_config((IterateConfig, SAMIConfig), list(argv))
     results = run_expert_iteration(cfg, train_args)
@@ -123,13 +123,13 @@ def _iterate(argv: Sequence[str]) -> int:
 
 
 def _evaluate(argv: Sequence[str]) -> int:
-    from harness.backends import SamplingParams, TransformersBackend
-    from harness.runs import model_identity, open_run
-    from sami.checks import local_files
-    from sami.constitutions import builtin_principles, load_reference_constitutions
-    from sami.evaluate import evaluate_mi
-    from sami.queries import load_queries
-    from sami.sampling import build_items
+    from cmikit.harness.backends import SamplingParams, TransformersBackend
+    from cmikit.harness.runs import model_identity, open_run
+    from cmikit.sami.checks import local_files
+    from cmikit.sami.constitutions import builtin_principles, load_reference_constitutions
+    from cmikit.sami.evaluate import evaluate_mi
+    from cmikit.sami.queries import load_queries
+    from cmikit.sami.sampling import build_items
 
     cfg = parse_config(EvaluateConfig, list(argv))
     queries = load_queries(cfg.queries, column=cfg.query_column, limit=cfg.limit, offset=cfg.offset)
@@ -152,8 +152,8 @@ def _evaluate(argv: Sequence[str]) -> int:
 
 
 def _judge(argv: Sequence[str]) -> int:
-    from harness.runs import model_identity, open_run
-    from sami.judge import judge_pairs, load_length_tokenizer, pairs_from_files, released_win_rates
+    from cmikit.harness.runs import model_identity, open_run
+    from cmikit.sami.judge import judge_pairs, load_length_tokenizer, pairs_from_files, released_win_rates
 
     cfg = parse_config(JudgeConfig, list(argv))
     ignore = ("out_dir", "overwrite", "batch_size")
@@ -172,7 +172,7 @@ def _judge(argv: Sequence[str]) -> int:
     with open_run(cfg.out_dir, "sami-judge", config_to_dict(cfg), ignore=ignore,
                   files={"candidate": cfg.candidate, "baseline": cfg.baseline}, models=models,
                   overwrite=cfg.overwrite):
-        from harness.backends import make_backend
+        from cmikit.harness.backends import make_backend
 
         length_tok = None if length_ref == "words" else load_length_tokenizer(length_ref, cfg.trust_remote_code)
         judge = make_backend(cfg.backend, cfg.judge, trust_remote_code=cfg.trust_remote_code)
@@ -189,7 +189,7 @@ COMMANDS = {"iterate": _iterate, "evaluate": _evaluate, "judge": _judge}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sami`` console script."""
-    from harness.cli import dispatch
+    from cmikit.harness.cli import dispatch
 
     return dispatch("sami", USAGE, COMMANDS, argv)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from harness.config import check_at_least, check_choice
-from harness.errors import ConfigError
-from sami.loss import REDUCTIONS
+from cmikit.harness.config import check_at_least, check_choice
+from cmikit.harness.errors import ConfigError
+from cmikit.sami.loss import REDUCTIONS
 
 LAYOUTS = ("shared_prompt", "padded")
 SCHEDULES = ("steps", "reference")

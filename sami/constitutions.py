@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import ConfigError
+from cmikit.harness.errors import ConfigError
 
 
 class ConstitutionError(ConfigError):
@@ -216,7 +216,7 @@ def load_reference_constitutions(path: str | Path) -> list[list[Constitution]]:
     files = sorted(path.glob("*.json"), key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
     if not files or not files[0].is_file():
         raise ConstitutionError(f"--constitutions {path}: no constitution JSON files found there.")
-    from sami.files import read_json
+    from cmikit.sami.files import read_json
 
     sets = []
     for f in files:

@@ -2,7 +2,7 @@
 
 For each held-out query, the iterate samples one response per constitution (through a harness backend),
 then the same model scores every response under every constitution, giving the C×C matrix of
-:mod:`sami.loss`. Per query we record
+:mod:`cmikit.sami.loss`. Per query we record
 
 * ``mi_bound``: ``log C − loss`` with the training objective's reduction (InfoNCE bound, mean per-token
   log-probs by default);
@@ -10,7 +10,7 @@ then the same model scores every response under every constitution, giving the C
 * ``log_mean_mi``: the research code's estimate (log-mean over constitutions, summed log-probs);
 * ``accuracy``: whether each constitution's own response is its most likely one.
 
-Scoring reuses the trainer's collator and :func:`~sami.trainer.logprob_matrix`, so the number is exactly the
+Scoring reuses the trainer's collator and :func:`~cmikit.sami.trainer.logprob_matrix`, so the number is exactly the
 quantity training maximises. Runs through the evaluation harness (JSONL records, resume, bootstrap
 intervals in ``summary.json``).
 """
@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from sami.loss import log_mean_mi, sami_loss
-from sami.prompts import STOP_STRINGS
-from sami.sampling import ResponseFilter, finished_flags, item_prompts, process_index
-from sami.trainer import SAMIDataCollator, logprob_matrix
+from cmikit.sami.loss import log_mean_mi, sami_loss
+from cmikit.sami.prompts import STOP_STRINGS
+from cmikit.sami.sampling import ResponseFilter, finished_flags, item_prompts, process_index
+from cmikit.sami.trainer import SAMIDataCollator, logprob_matrix
 
 
 @torch.no_grad()
@@ -55,11 +55,11 @@ def evaluate_mi(backend: Any, items: Sequence[dict[str, Any]], out_dir: str | Pa
                 batch_size: int = 4, progress: bool = True) -> dict[str, Any]:
     """Sample with ``backend`` and score with its model; returns the harness summary (means + intervals).
 
-    ``backend`` must be a :class:`~harness.backends.TransformersBackend` (its model is used for scoring).
+    ``backend`` must be a :class:`~cmikit.harness.backends.TransformersBackend` (its model is used for scoring).
     Empty responses get a one-character placeholder so every query keeps its C×C matrix.
     """
-    from harness.backends import SamplingParams
-    from harness.evaluation import Task, run_task
+    from cmikit.harness.backends import SamplingParams
+    from cmikit.harness.evaluation import Task, run_task
 
     sampling = sampling or SamplingParams(max_new_tokens=350, temperature=0.0)
     if fmt == "plain" and not sampling.stop:

@@ -1,4 +1,4 @@
-"""Reading user files with errors that name the file (and the line): :class:`harness.errors.DataFileError`."""
+"""Reading user files with errors that name the file (and the line): :class:`cmikit.harness.errors.DataFileError`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DataFileError
+from cmikit.harness.errors import DataFileError
 
 
 def read_text(path: str | Path, what: str = "file") -> str:

@@ -7,7 +7,7 @@ Iteration η (1..N):
 2. **train**: from the base model (paper: every iterate restarts from the base weights) or, with
    ``train_from="previous"``, from iterate η−1, for ``steps_per_iteration[η−1]`` optimiser steps;
 3. **save** the model (a LoRA adapter, or full weights);
-4. **evaluate** the MI bound on held-out queries (:func:`sami.evaluate.evaluate_mi`), and optionally judged
+4. **evaluate** the MI bound on held-out queries (:func:`cmikit.sami.evaluate.evaluate_mi`), and optionally judged
    win rates of the iterate's positive-constitution responses against the base model's.
 
 Iteration 0 is the base model's evaluation. Every stage writes a ``DONE`` marker when finished; sampling and
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
-from sami.config import SAMIConfig
+from cmikit.harness.errors import ConfigError
+from cmikit.sami.config import SAMIConfig
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
@@ -36,7 +36,7 @@ DONE = "DONE"
 
 @dataclass
 class IterateConfig:
-    """What to train and on what; optimisation settings live in :class:`~sami.trainer.SAMIConfig`.
+    """What to train and on what; optimisation settings live in :class:`~cmikit.sami.trainer.SAMIConfig`.
 
     The run folder is ``SAMIConfig.output_dir``.
     """
@@ -45,7 +45,7 @@ class IterateConfig:
     task: str = field(default="dialogue", metadata={"help": "dialogue or summarization"})
     prompt_format: str = field(default="chat", metadata={"help": "chat (instruct models) or plain (base models)"})
     queries: str = field(default="builtin:dialogue",
-                         metadata={"help": "query source(s), comma-separated sources are interleaved (see sami.queries)"})
+                         metadata={"help": "query source(s), comma-separated sources are interleaved (see cmikit.sami.queries)"})
     query_split: str = field(default="train", metadata={"help": "split of a Hub query dataset"})
     query_column: str | None = field(default=None, metadata={"help": "text column of a local/Hub dataset"})
     queries_per_iteration: int | None = field(
@@ -94,9 +94,9 @@ class IterateConfig:
     overwrite: bool = field(default=False, metadata={"help": "empty a run folder made with other settings"})
 
     def __post_init__(self) -> None:
-        from harness.config import check_at_least, check_choice
-        from sami.checks import check_common, check_model_ref, check_source_file
-        from sami.judge import MODES, ORDERS
+        from cmikit.harness.config import check_at_least, check_choice
+        from cmikit.sami.checks import check_common, check_model_ref, check_source_file
+        from cmikit.sami.judge import MODES, ORDERS
 
         check_model_ref("model", self.model)
         check_model_ref("judge_model", self.judge_model, allow_none=True)
@@ -126,7 +126,7 @@ def _state():
 
 
 def _principles_or_sets(cfg: IterateConfig):
-    from sami.constitutions import builtin_principles, load_reference_constitutions
+    from cmikit.sami.constitutions import builtin_principles, load_reference_constitutions
 
     if cfg.constitutions == "builtin":
         return builtin_principles(cfg.task), None
@@ -145,7 +145,7 @@ class ExpertIteration:
 
     # ------------------------------------------------------------------------------------- data
     def _load_queries(self) -> None:
-        from sami.queries import load_queries, split_queries
+        from cmikit.sami.queries import load_queries, split_queries
 
         cfg = self.cfg
 
@@ -171,7 +171,7 @@ class ExpertIteration:
         return chosen
 
     def items_for(self, queries, salt: int) -> list[dict[str, Any]]:
-        from sami.sampling import build_items
+        from cmikit.sami.sampling import build_items
 
         return build_items(queries, self.principles, self.reference_sets, self.cfg.n_constitutions,
                            self.cfg.negatives, seed=salt + self.cfg.data_seed_offset)
@@ -195,7 +195,7 @@ class ExpertIteration:
         """A merged full-weight copy of a LoRA iterate (needed to stack adapters with train_from=previous)."""
         out = self.iteration_dir(eta) / "merged"
         if not (out / DONE).exists():
-            from harness.models import load_model
+            from cmikit.harness.models import load_model
 
             base, adapter = self.model_ref(eta)
             model, tok = load_model(base, adapter=adapter, dtype=self.args.model_dtype,
@@ -209,7 +209,7 @@ class ExpertIteration:
         return str(out)
 
     def _backend(self, eta: int):
-        from harness.backends import TransformersBackend, make_backend
+        from cmikit.harness.backends import TransformersBackend, make_backend
 
         base, adapter = self.model_ref(eta)
         if self.cfg.backend == "vllm":
@@ -221,7 +221,7 @@ class ExpertIteration:
                                             trust_remote_code=self.cfg.trust_remote_code)
 
     def _sampling(self):
-        from harness.backends import SamplingParams
+        from cmikit.harness.backends import SamplingParams
 
         return SamplingParams(max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
                               top_p=self.cfg.top_p if self.cfg.temperature > 0 else 1.0, seed=self.args.seed)
@@ -231,7 +231,7 @@ class ExpertIteration:
         """Stage 1 of iteration ``eta``: responses from iterate ``eta − 1``."""
         import datasets
 
-        from sami.sampling import DATASET_DIR, ResponseFilter, sample_responses
+        from cmikit.sami.sampling import DATASET_DIR, ResponseFilter, sample_responses
 
         out = self.iteration_dir(eta) / "samples"
         if (out / DONE).exists():
@@ -248,7 +248,7 @@ class ExpertIteration:
         return ds
 
     def _train_model(self, eta: int):
-        from harness.models import load_model
+        from cmikit.harness.models import load_model
 
         if self.cfg.train_from == "previous" and eta > 1:
             base, adapter = self.model_ref(eta - 1)
@@ -268,8 +268,8 @@ class ExpertIteration:
         """Stages 2–3: train for this iteration's step count and save the iterate."""
         import dataclasses
 
-        from sami.sampling import training_rows
-        from sami.trainer import SAMIInputError, SAMITrainer
+        from cmikit.sami.sampling import training_rows
+        from cmikit.sami.trainer import SAMIInputError, SAMITrainer
 
         out = self.iteration_dir(eta) / "model"
         if (out / DONE).exists():
@@ -309,7 +309,7 @@ class ExpertIteration:
 
     def evaluate(self, eta: int) -> dict[str, Any]:
         """Stage 4: MI bound of iterate ``eta`` on held-out queries (and win rate vs base when a judge is set)."""
-        from sami.evaluate import evaluate_mi
+        from cmikit.sami.evaluate import evaluate_mi
 
         out = self.iteration_dir(eta) / "eval"
         summary_file = out / "summary.json"
@@ -341,7 +341,7 @@ class ExpertIteration:
 
     def _judge_run(self, eta: int):
         """The judge folder of iteration ``eta`` opened as a run of its own (judge settings fingerprinted)."""
-        from harness.runs import model_identity, open_run
+        from cmikit.harness.runs import model_identity, open_run
 
         length_ref = self.cfg.length_tokenizer or self.cfg.model
         settings = {"judge_model": self.cfg.judge_model, "judge_mode": self.cfg.judge_mode,
@@ -361,16 +361,16 @@ class ExpertIteration:
                     pass
 
     def _judge(self, eta: int, check_only: bool = False) -> dict[str, Any] | None:
-        from harness.backends import make_backend
-        from harness.evaluation import read_jsonl
-        from sami.judge import judge_pairs, load_length_tokenizer
+        from cmikit.harness.backends import make_backend
+        from cmikit.harness.evaluation import read_jsonl
+        from cmikit.sami.judge import judge_pairs, load_length_tokenizer
 
         base = {r["id"]: r for r in read_jsonl(self.iteration_dir(0) / "eval" / "records.jsonl")}
         cand = {r["id"]: r for r in read_jsonl(self.iteration_dir(eta) / "eval" / "records.jsonl")}
         pairs = []
         for k, r in cand.items():
             if k in base:
-                from sami.constitutions import Constitution
+                from cmikit.sami.constitutions import Constitution
 
                 pos = next(it for it in self.items_for(self.heldout, salt=10_000) if it["id"] == k)["statements"][0]
                 pairs.append({"id": k, "query": r["query"], "constitution": Constitution(tuple(pos)).render(),
@@ -421,7 +421,7 @@ class ExpertIteration:
 
 def plot_results(results: dict[str, Any], path: str | Path) -> None:
     """MI bound (and win rate vs base, when judged) over iterations, with bootstrap intervals, as a PNG."""
-    from harness.evaluation import plot_curves
+    from cmikit.harness.evaluation import plot_curves
 
     its = results["iterations"]
     curves = {}
@@ -461,7 +461,7 @@ SECRET_KEYS = ("hub_token",)
 
 def run_config(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str, Any]:
     """The resolved settings of a run (both dataclasses, secrets left out) as saved in ``run.json``."""
-    from harness.config import config_to_dict
+    from cmikit.harness.config import config_to_dict
 
     merged = {**config_to_dict(train_args), **config_to_dict(cfg)}
     return {k: v for k, v in merged.items() if k not in SECRET_KEYS}
@@ -470,11 +470,11 @@ def run_config(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str, Any]:
 def run_expert_iteration(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str, Any]:
     """Run (or resume) the whole loop; see the module docstring.
 
-    The run folder (``output_dir``) is opened with :func:`harness.runs.open_run` by the main process: a rerun
+    The run folder (``output_dir``) is opened with :func:`cmikit.harness.runs.open_run` by the main process: a rerun
     with other settings, data files or models is refused (``--overwrite`` starts over), and one run holds the
     folder at a time."""
-    from harness.runs import model_identity, open_run
-    from sami.checks import local_files
+    from cmikit.harness.runs import model_identity, open_run
+    from cmikit.sami.checks import local_files
 
     loop = ExpertIteration(cfg, train_args)  # loads queries and constitutions: data errors before any model
     models = {"model": model_identity(cfg.model)}

@@ -1,7 +1,7 @@
 """Judged win rates (paper Sec. 4 and App. A.5–A.6, A.19): which of two responses follows the principles better.
 
 * Any backend model can judge. ``mode="generate"``: the judge writes a short comparison ending in
-  ``Final answer: A`` / ``B`` (the paper's protocol, with this project's own prompt, :mod:`sami.prompts`);
+  ``Final answer: A`` / ``B`` (the paper's protocol, with this project's own prompt, :mod:`cmikit.sami.prompts`);
   :func:`parse_verdict` reads it, and ties, both letters or no letter count 0.5. ``mode="logprob"``: the
   answer is prefilled up to ``Final answer:`` and the judge's next-token probabilities of A and B decide
   (robust for small judges that do not follow the format); it also reports a soft win rate, the mean
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import ConfigError, DataFileError
-from harness.evaluation import bootstrap_ci
-from sami.prompts import judge_prompt
+from cmikit.harness.errors import ConfigError, DataFileError
+from cmikit.harness.evaluation import bootstrap_ci
+from cmikit.sami.prompts import judge_prompt
 
 ORDERS = ("random", "both", "candidate_first", "candidate_second")
 MODES = ("generate", "logprob")
@@ -91,12 +91,12 @@ def load_length_tokenizer(ref: str, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a model reference (alias, Hub id, folder, .gguf) without loading the weights."""
     from transformers import AutoTokenizer
 
-    from harness.models import ModelLoadError, resolve_model_ref
+    from cmikit.harness.models import ModelLoadError, resolve_model_ref
 
     resolved = resolve_model_ref(ref)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if resolved.kind == "embedded":
-        from harness.embedded import prepare_embedded_model
+        from cmikit.harness.embedded import prepare_embedded_model
 
         source = str(prepare_embedded_model())
     elif resolved.kind == "gguf":
@@ -208,8 +208,8 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
     score, lengths) and ``win_rates.json`` to ``out_dir``; returns :func:`win_rates` plus the count of
     unparseable verdicts and the degenerate-judge check.
     """
-    from harness.backends import SamplingParams, first_token_ids
-    from harness.evaluation import Task, read_records, run_task
+    from cmikit.harness.backends import SamplingParams, first_token_ids
+    from cmikit.harness.evaluation import Task, read_records, run_task
 
     if mode not in MODES:
         raise JudgeError(f"Unknown judge mode {mode!r}; allowed: {', '.join(MODES)}.")
@@ -292,7 +292,7 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
 # ------------------------------------------------------------------------------- reference response files
 def load_response_file(path: str | Path) -> dict[str, dict[str, str]]:
     """Reference format ``{"constitution": {i: ...}, "question": {i: ...}, "response": {i: ...}}`` → by id."""
-    from sami.files import read_json
+    from cmikit.sami.files import read_json
 
     path = Path(path)
     data = read_json(path, "response file")

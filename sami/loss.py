@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import ConfigError
+from cmikit.harness.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum")
 
@@ -138,7 +138,7 @@ def completion_logprob_matrix(
 
     ``labels[n, t]`` is the token predicted by ``logits[n, t]`` (already shifted); ``completion_mask[n, t]``
     marks the response tokens (and EOS when it is trained). Rows are ordered (query, constitution i,
-    response j), as :class:`~sami.trainer.SAMIDataCollator` emits them with ``layout="padded"``.
+    response j), as :class:`~cmikit.sami.trainer.SAMIDataCollator` emits them with ``layout="padded"``.
     """
     token_lp = selective_log_softmax(logits, labels)
     per_seq = reduce_token_logprobs(token_lp, completion_mask, reduction)

@@ -8,7 +8,7 @@ All texts here are this project's own writing. Two formats:
   chat template (suits instruct models such as the embedded SmolLM2).
 
 The judge sees the constitution and two responses labelled A and B and must end with ``Final answer: A`` or
-``Final answer: B`` (:func:`sami.judge.parse_verdict` reads it).
+``Final answer: B`` (:func:`cmikit.sami.judge.parse_verdict` reads it).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every loader returns a list of ``{"id": str, "query": str}`` dicts, loaded through ``datasets``:
 
-* ``builtin:dialogue`` / ``builtin:summarization``: this project's small offline sets (:mod:`sami.builtin_data`);
+* ``builtin:dialogue`` / ``builtin:summarization``: this project's small offline sets (:mod:`cmikit.sami.builtin_data`);
 * ``Anthropic/hh-rlhf`` (optionally ``:helpful-base`` / ``:harmless-base``): the first human turn of each
   conversation, as the paper's HH experiments use (needs Hub access);
 * ``openai/summarize_from_feedback``: the posts of the ``comparisons`` config, de-duplicated by post id;
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
+from cmikit.harness.errors import ConfigError
 
 TEXT_COLUMNS = ("query", "prompt", "question", "post", "text", "content")
 
@@ -59,8 +59,8 @@ def _from_rows(rows: Sequence[dict[str, Any]], source: str, column: str | None) 
 
 
 def _load_local(path: Path, column: str | None) -> list[dict[str, str]]:
-    from harness.errors import DataFileError
-    from sami.files import read_json, read_jsonl, read_text
+    from cmikit.harness.errors import DataFileError
+    from cmikit.sami.files import read_json, read_jsonl, read_text
 
     if path.is_dir():
         raise DataFileError("is a folder; give a .json, .jsonl or .csv query file", path=path)
@@ -129,7 +129,7 @@ def _load_hub(source: str, split: str, column: str | None) -> list[dict[str, str
 def load_queries(source: str, split: str = "train", column: str | None = None, limit: int | None = None,
                  offset: int = 0) -> list[dict[str, str]]:
     """Load queries from ``source`` (see the module docstring); ``offset``/``limit`` slice the result."""
-    from sami.builtin_data import DIALOGUE_QUERIES, SUMMARY_POSTS
+    from cmikit.sami.builtin_data import DIALOGUE_QUERIES, SUMMARY_POSTS
 
     if not source:
         raise QueryError("No query source given; use builtin:dialogue, a Hub id or a local file.")

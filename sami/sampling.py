@@ -6,7 +6,7 @@ defaults (greedy, at most 350 new tokens), applies the filters of :class:`Respon
 kept rows as a ``datasets`` dataset (``save_to_disk``). Generation runs through the evaluation harness, so
 every finished query is appended to ``records.jsonl`` at once and a killed run resumes where it stopped.
 
-:func:`training_rows` turns sampled items into :class:`~sami.trainer.SAMITrainer` rows, listing the
+:func:`training_rows` turns sampled items into :class:`~cmikit.sami.trainer.SAMITrainer` rows, listing the
 principles in a shuffled order per (query, constitution) as the reference training prompt does.
 """
 
@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
-from sami.constitutions import (
+from cmikit.harness.errors import ConfigError
+from cmikit.sami.constitutions import (
     Constitution,
     Principle,
     check_constitution_sets,
     constitution_set,
     subset_principle,
 )
-from sami.prompts import STOP_STRINGS, build_prompt
+from cmikit.sami.prompts import STOP_STRINGS, build_prompt
 
 DATASET_DIR = "dataset"
 
@@ -61,11 +61,11 @@ def build_items(queries: Sequence[dict[str, str]], principles: Sequence[Principl
                 negatives: str = "random", seed: int = 0) -> list[dict[str, Any]]:
     """One item per query: ``{"id", "query", "statements": [C lists], "labels": [C]}``.
 
-    With ``principles``, constitutions come from :func:`~sami.constitutions.constitution_set` (a query's
+    With ``principles``, constitutions come from :func:`~cmikit.sami.constitutions.constitution_set` (a query's
     ``subset``, e.g. HH ``helpful-base``, selects the reference per-subset draw); with
     ``reference_sets`` (e.g. the reference TL;DR files), one set is drawn per query (as ``generate.py``).
     """
-    from sami.queries import QueryError
+    from cmikit.sami.queries import QueryError
 
     if not queries:
         raise QueryError("The query set is empty; nothing to sample.")
@@ -122,8 +122,8 @@ def sample_responses(backend: Any, items: Sequence[dict[str, Any]], out_dir: str
     """
     import datasets
 
-    from harness.backends import SamplingParams
-    from harness.evaluation import Task, read_records, run_task
+    from cmikit.harness.backends import SamplingParams
+    from cmikit.harness.evaluation import Task, read_records, run_task
 
     sampling = sampling or SamplingParams(max_new_tokens=350, temperature=0.0)
     if fmt == "plain" and not sampling.stop:

@@ -4,7 +4,7 @@ Read it like TRL's ``DPOTrainer``: a dataset row is ``{"prompts": [p_1..p_C], "r
 where ``p_i`` is the prompt under constitution i (text, or chat messages) and ``y_j`` was sampled under
 constitution j. :class:`SAMIDataCollator` expands each row to the C² (prompt_i, response_j) pairs,
 :meth:`SAMITrainer.compute_loss` turns the model's log-probs into a [B, C, C] matrix and applies
-:func:`sami.loss.sami_loss`. Accelerate, FSDP, DeepSpeed, bf16, gradient checkpointing and accumulation
+:func:`cmikit.sami.loss.sami_loss`. Accelerate, FSDP, DeepSpeed, bf16, gradient checkpointing and accumulation
 come from the Trainer; LoRA from ``peft_config``.
 
 Two sequence layouts give the same matrix (a test checks it):
@@ -41,9 +41,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from harness.backends import render_prompt
-from sami.config import DECAY_PARAMS, LAYOUTS, SCHEDULES, SAMIConfig  # noqa: F401 (re-exported)
-from sami.loss import SAMIInputError, reduce_token_logprobs, sami_loss, selective_log_softmax
+from cmikit.harness.backends import render_prompt
+from cmikit.sami.config import DECAY_PARAMS, LAYOUTS, SCHEDULES, SAMIConfig  # noqa: F401 (re-exported)
+from cmikit.sami.loss import SAMIInputError, reduce_token_logprobs, sami_loss, selective_log_softmax
 
 
 # ----------------------------------------------------------------------------------------------- collator
@@ -285,7 +285,7 @@ class SAMITrainer(Trainer):
                  peft_config: Any = None, callbacks: Any = None, optimizers: Any = (None, None)) -> None:
         args = args or SAMIConfig(output_dir="sami-output")
         if isinstance(model, str):
-            from harness.models import load_model
+            from cmikit.harness.models import load_model
 
             model, tokenizer = load_model(model, dtype=args.model_dtype, eval_mode=False)
             processing_class = processing_class or tokenizer

@@ -16,18 +16,16 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from harness.backends import TransformersBackend, first_token_ids  # noqa: E402
-from harness.data import data_file  # noqa: E402
-from harness.errors import DataFileError  # noqa: E402
-from harness.models import load_model  # noqa: E402
+from cmikit.harness.backends import TransformersBackend, first_token_ids  # noqa: E402
+from cmikit.harness.data import data_file  # noqa: E402
+from cmikit.harness.errors import DataFileError  # noqa: E402
+from cmikit.harness.models import load_model  # noqa: E402
 
 try:
     AWA2 = data_file("awa2", "twenty_questions_awa2_20.json")  # $CMIKIT_DATA/awa2 or `cmikit data fetch awa2`
@@ -81,7 +79,7 @@ def bench_scoring(n: int, batch_size: int) -> dict:
 
 
 def bench_load(skip_cold: bool) -> dict:
-    from harness import embedded
+    from cmikit.harness import embedded
 
     out: dict = {}
     if not skip_cold:

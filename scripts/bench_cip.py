@@ -16,12 +16,12 @@ with 95% bootstrap intervals over games and the per-seed means.
 ``--kb everyday`` runs ``--part table`` on the built-in knowledge base instead of AwA2.
 
 ``--part miscal``: the miscalibration study (issue 8): the exact-Bayes predictor on AwA2 miscalibrated by the
-wrappers of :mod:`cip.miscalibration` (over-confidence, first-label bias, unmodelled answer noise), swept one at
+wrappers of :mod:`cmikit.cip.miscalibration` (over-confidence, first-label bias, unmodelled answer noise), swept one at
 a time (``MISCAL_LEVELS``); per level: ECE, held-out coverage, and per criterion queries to a correct singleton
 (95% CI), success rate, accuracy after 5/10/20 questions (and its paired difference to IP with a bootstrap
 interval), in-game coverage. ``--plot`` draws it; ``--replot JSON`` redraws a saved run.
 
-Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_cip.py --part all --out runs/bench_cip.json``
+Run: ``.venv/bin/python scripts/bench_cip.py --part all --out runs/bench_cip.json``
 """
 
 from __future__ import annotations
@@ -35,17 +35,17 @@ import numpy as np
 
 
 def bench_speed(naive_rows: int, batch_size: int) -> dict:
-    from cip.agent import Agent, AgentConfig
-    from cip.environments import TwentyQuestions
-    from cip.knowledge import KnowledgeBase, Turn
-    from cip.predictors import LLMPredictor, TwentyQuestionsPrompt
-    from harness.backends import TransformersBackend
+    from cmikit.cip.agent import Agent, AgentConfig
+    from cmikit.cip.environments import TwentyQuestions
+    from cmikit.cip.knowledge import KnowledgeBase, Turn
+    from cmikit.cip.predictors import LLMPredictor, TwentyQuestionsPrompt
+    from cmikit.harness.backends import TransformersBackend
 
     kb = KnowledgeBase.load("awa2")
     backend = TransformersBackend.from_ref("smollm2-135m-instruct", batch_size=batch_size)
     predictor = LLMPredictor(backend, TwentyQuestionsPrompt(kb.classes, noun="animal"))
     env = TwentyQuestions(kb, remove_asked=False)
-    from cip.conformal import ConformalThresholds
+    from cmikit.cip.conformal import ConformalThresholds
 
     thresholds = ConformalThresholds(0.1, {k: [-0.01] * 20 for k in range(0, 6)}, list(kb.classes))
     agent = Agent(env, predictor, thresholds, AgentConfig(criterion="cip-code", n_est=4))
@@ -89,14 +89,14 @@ def bench_speed(naive_rows: int, batch_size: int) -> dict:
 def bench_table(seeds: int, n_cal: int, alpha: float, max_queries: int, criteria: list[str],
                 est_source: str, noise: float, tie_break: str = "first", nonempty_sets: bool = False,
                 kb_name: str = "awa2") -> dict:
-    from cip.agent import Agent, AgentConfig
-    from cip.conformal import UniformHistorySampler, calibrate
-    from cip.environments import TwentyQuestions
-    from cip.knowledge import KnowledgeBase
-    from harness.evaluation import bootstrap_ci
+    from cmikit.cip.agent import Agent, AgentConfig
+    from cmikit.cip.conformal import UniformHistorySampler, calibrate
+    from cmikit.cip.environments import TwentyQuestions
+    from cmikit.cip.knowledge import KnowledgeBase
+    from cmikit.harness.evaluation import bootstrap_ci
 
     kb = KnowledgeBase.load(kb_name)
-    from cip.predictors import TablePredictor
+    from cmikit.cip.predictors import TablePredictor
 
     predictor = TablePredictor(kb, noise=noise)
     env = TwentyQuestions(kb)
@@ -146,13 +146,18 @@ def bench_miscalibration(seeds: int, n_cal: int, alpha: float, max_queries: int,
                          est_source: str, kinds: list[str], budgets: tuple[int, ...] = (5, 10, 20)) -> dict:
     """The miscalibration study (issue 8 item 4): per wrapper and strength, ECE, queries to a correct
     singleton, accuracy at fixed budgets and coverage (in-game and on held-out exchangeable histories)."""
-    from cip.agent import Agent, AgentConfig
-    from cip.conformal import UniformHistorySampler, calibrate
-    from cip.environments import TwentyQuestions
-    from cip.knowledge import KnowledgeBase
-    from cip.miscalibration import FirstLabelBiasPredictor, TemperedPredictor, noisy_world, predictor_ece
-    from cip.predictors import TablePredictor
-    from harness.evaluation import bootstrap_ci
+    from cmikit.cip.agent import Agent, AgentConfig
+    from cmikit.cip.conformal import UniformHistorySampler, calibrate
+    from cmikit.cip.environments import TwentyQuestions
+    from cmikit.cip.knowledge import KnowledgeBase
+    from cmikit.cip.miscalibration import (
+        FirstLabelBiasPredictor,
+        TemperedPredictor,
+        noisy_world,
+        predictor_ece,
+    )
+    from cmikit.cip.predictors import TablePredictor
+    from cmikit.harness.evaluation import bootstrap_ci
 
     kb = KnowledgeBase.load("awa2")
     out: dict = {"setting": {"kb": "awa2", "seeds": seeds, "n_cal": n_cal, "alpha": alpha,

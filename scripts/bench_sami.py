@@ -34,14 +34,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def build_rows(n_queries: int, max_post_chars: int) -> list[dict]:
-    from harness.data import data_dir
-    from sami.constitutions import load_reference_constitutions
-    from sami.judge import load_response_file
-    from sami.prompts import build_prompt
+    from cmikit.harness.data import data_dir
+    from cmikit.sami.constitutions import load_reference_constitutions
+    from cmikit.sami.judge import load_response_file
+    from cmikit.sami.prompts import build_prompt
 
     DATA = data_dir("sami-tldr")
     base = load_response_file(DATA / "responses" / "base-mistral-mistral-constitution-temperature-0.0.json")
@@ -90,8 +89,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from harness import load_model
-    from sami.trainer import SAMIConfig, SAMIDataCollator, SAMITrainer
+    from cmikit.harness import load_model
+    from cmikit.sami.trainer import SAMIConfig, SAMIDataCollator, SAMITrainer
 
     torch.manual_seed(0)
     model, tok = load_model(args.model, dtype="fp32", eval_mode=False, attn_implementation="sdpa")
@@ -167,7 +166,7 @@ def main() -> None:
     results = {}
     for variant in ("straightforward", "sami"):
         cmd = [sys.executable, __file__, "--worker", variant] + [a for a in sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{variant} run failed (exit code {proc.returncode}; -9 = killed, e.g. out of memory):\n"

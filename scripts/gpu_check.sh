@@ -3,7 +3,7 @@
 #   1. the vLLM backend for real: generate, sequence_logprobs, next_token_logprobs, compared with the
 #      transformers backend on the same model;
 #   2. one bf16 forward/backward step on the GPU;
-#   3. decoding throughput on the GPU: tokens/s with no KV cache, prefix and dual cache (decoding.bench.gpu_throughput);
+#   3. decoding throughput on the GPU: tokens/s with no KV cache, prefix and dual cache (cmikit.decoding.bench.gpu_throughput);
 #   4. SAMI under FSDP: `accelerate launch` with configs/accelerate/fsdp-8gpu.yaml on min(2, #GPUs) GPUs, one
 #      iteration of 2 full-weight steps, fp32; the per-step loss must equal a single-process run with the same
 #      global batch (<= 1e-4) and every query must be sampled and evaluated exactly once.
@@ -19,7 +19,7 @@ mkdir -p runs
 MODEL="$MODEL" $PY - <<'PYEOF'
 import json, os, time
 import torch
-from harness.backends import SamplingParams, TransformersBackend, first_token_ids, make_backend
+from cmikit.harness.backends import SamplingParams, TransformersBackend, first_token_ids, make_backend
 
 assert torch.cuda.is_available(), "no CUDA device visible"
 model = os.environ["MODEL"]
@@ -41,14 +41,14 @@ result["next_token_logprobs_max_diff"] = float((lv - lt).abs().max())
 assert result["sequence_logprobs_max_diff"] < 0.05 and result["next_token_logprobs_max_diff"] < 0.05, result
 del vb; torch.cuda.empty_cache()
 # bf16 training step
-from harness.models import load_model
+from cmikit.harness.models import load_model
 m, tok = load_model(model, dtype="bf16", device_map="cuda:0", eval_mode=False)
 batch = tok(["A short training sentence."] * 8, return_tensors="pt").to("cuda:0")
 loss = m(**batch, labels=batch["input_ids"]).loss; loss.backward()
 assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 result["bf16_step_loss"] = float(loss)
 del m; torch.cuda.empty_cache()
-from decoding.bench import gpu_throughput
+from cmikit.decoding.bench import gpu_throughput
 result["decoding"] = gpu_throughput(model)
 print(json.dumps(result, indent=2))
 json.dump(result, open("runs/gpu_check.json", "w"), indent=2)

@@ -4,7 +4,7 @@
         --config configs/sami/mistral-7b-tldr.yaml [--key value ...]
 
 Takes exactly the options of ``sami iterate``. Sampling and evaluation split queries across processes
-(``harness.evaluation.run_task``); training is the Trainer's data parallelism (FSDP / DeepSpeed per the
+(``cmikit.harness.evaluation.run_task``); training is the Trainer's data parallelism (FSDP / DeepSpeed per the
 accelerate config). A plain ``python scripts/train_sami.py --config ...`` runs on one process.
 
 Several processes on a CPU-only machine: ``accelerate launch --multi_gpu --num_processes 2 scripts/train_sami.py``
@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _check_launch() -> None:
-    from harness.errors import ConfigError
+    from cmikit.harness.errors import ConfigError
 
     # accelerate's simple launcher sets MASTER_ADDR for --num_processes > 1 but starts one process (no RANK).
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ \
@@ -36,8 +33,8 @@ def _check_launch() -> None:
 
 
 def main() -> int:
-    from harness.cli import run_cli
-    from sami.cli import main as sami_main
+    from cmikit.harness.cli import run_cli
+    from cmikit.sami.cli import main as sami_main
 
     code = run_cli(_check_launch)
     return code or sami_main(["iterate", *sys.argv[1:]])

@@ -4,7 +4,7 @@
     python scripts/train_tiny_dlm.py --task-name one-class-upper      # -> decoding/assets/tiny-case-dlm
     python scripts/train_tiny_dlm.py --output DIR --steps 500
 
-Each task has its shipped settings (decoding.tiny_dlm.TASK_TRAIN_SETTINGS); flags override them. Budget on
+Each task has its shipped settings (cmikit.decoding.tiny_dlm.TASK_TRAIN_SETTINGS); flags override them. Budget on
 1 CPU thread: one-class-upper about 12 CPU-minutes (train_log.json records wall and CPU seconds and
 the thread count). See decoding/tiny_dlm.py for the objective and decoding/tiny_task.py for the tasks.
 """
@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from decoding.tiny_dlm import (  # noqa: E402
+from cmikit.decoding.tiny_dlm import (  # noqa: E402
     DEFAULT_TASK,
     TASK_TRAIN_SETTINGS,
     TinyDLMTrainConfig,

@@ -1,4 +1,5 @@
-"""Shared pytest set-up: the repository root on sys.path and the location of the real data.
+"""Shared pytest set-up: the installed ``cmikit`` package (never the checkout's top-level folders) and the location
+of the real data.
 
 ``shared_data`` is ``$CMIKIT_DATA`` (a folder holding awa2/, mediq/, sami-tldr/; ``.ci/run`` sets it), else
 ``../shared/data`` next to the checkout (this project's development layout). Tests that need it skip without it.
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# `python -m pytest` puts the checkout on sys.path, where `import harness` would still find the folder: drop it,
+# so that the suite imports only what the distribution installs (`cmikit.*`) and a leftover old name fails.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
 SHARED_DATA = Path(os.environ.get("CMIKIT_DATA") or ROOT.parent / "shared" / "data").expanduser()
 if not os.environ.get("CMIKIT_DATA") and SHARED_DATA.is_dir():
@@ -32,6 +34,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def embedded_backend():
     """The real embedded SmolLM2 model behind the transformers backend (prepared once per cache)."""
-    from harness.backends import TransformersBackend
+    from cmikit.harness.backends import TransformersBackend
 
     return TransformersBackend.from_ref("smollm2-135m-instruct", batch_size=16)

@@ -25,7 +25,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _cip(args: list[str], tmp_path: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return run_module("cip.cli", *args, env=_env(tmp_path), cwd=tmp_path, timeout=timeout)
+    return run_module("cmikit.cip.cli", *args, env=_env(tmp_path), cwd=tmp_path, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,8 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(files, tmp_path, name,
 
 
 def test_mediq_jsonl_line_numbers(files):
-    from cip.environments import load_mediq_jsonl
-    from harness.errors import DataFileError
+    from cmikit.cip.environments import load_mediq_jsonl
+    from cmikit.harness.errors import DataFileError
 
     with pytest.raises(DataFileError, match=r"bad\.jsonl:1: MediQ row is missing"):
         load_mediq_jsonl(files["dir"] / "bad.jsonl")
@@ -147,7 +147,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
             "random", "--seeds", "0"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert _cip(["eval", *args, "--out_dir", str(clean)], tmp_path, timeout=300).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "cip.cli", "eval", *args, "--out_dir", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "cmikit.cip.cli", "eval", *args, "--out_dir", str(killed)],
                             env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = killed / "records.jsonl"
     deadline = time.time() + 120

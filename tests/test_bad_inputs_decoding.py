@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def dlm_decode(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return run_module("decoding.cli", *args, env=cli_env(TQDM_DISABLE="1"), timeout=timeout)
+    return run_module("cmikit.decoding.cli", *args, env=cli_env(TQDM_DISABLE="1"), timeout=timeout)
 
 
 TINY = ["generate", "--model", "tiny"]

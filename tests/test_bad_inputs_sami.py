@@ -24,13 +24,13 @@ _env = cli_env
 
 
 def _sami(*args, timeout=300):
-    return run_module("sami.cli", *args, timeout=timeout)
+    return run_module("cmikit.sami.cli", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny saved model, small query/response files, and bad files of every kind."""
-    from harness.testing import tiny_causal_lm, tiny_tokenizer
+    from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
 
     tmp = tmp_path_factory.mktemp("sami-bad")
     model = tmp / "tiny-model"
@@ -175,7 +175,7 @@ def test_iterate_rerun_with_other_settings_is_refused(world, tmp_path):
 
 # ---------------------------------------------------------------------------------- kill -9 and resume
 def _launch(*args):
-    return subprocess.Popen([sys.executable, "-m", "sami.cli", *map(str, args)], stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "cmikit.sami.cli", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT, start_new_session=True)
 
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from cip.cli import main, play
-from cip.knowledge import KnowledgeBase
+from cmikit.cip.cli import main, play
+from cmikit.cip.knowledge import KnowledgeBase
 
 TABLE = ["--predictor", "table", "--n_cal", "30", "--progress", "false"]
 
@@ -135,10 +135,10 @@ def test_calibrate_then_eval_resumes_and_refuses_foreign_thresholds(tmp_path, ca
 
 
 def test_quick_preset_is_small_and_explicit_options_win():
-    from cip.cli import _explicit_keys
-    from cip.criteria import DEFAULT_CRITERION
-    from cip.evaluate import CIPConfig, apply_quick
-    from harness.config import parse_config
+    from cmikit.cip.cli import _explicit_keys
+    from cmikit.cip.criteria import DEFAULT_CRITERION
+    from cmikit.cip.evaluate import CIPConfig, apply_quick
+    from cmikit.harness.config import parse_config
 
     argv = ["--quick", "--n_games", "2"]
     cfg = apply_quick(parse_config(CIPConfig, argv), _explicit_keys(argv))
@@ -158,13 +158,13 @@ def test_quick_preset_is_small_and_explicit_options_win():
 
 def test_demo_job_does_not_depend_on_the_model_cache(monkeypatch):
     """`make demo` (`cip eval --quick`) runs the table predictor whether or not the embedded model is prepared."""
-    import harness.embedded
-    from cip.cli import _explicit_keys
-    from cip.evaluate import CIPConfig, apply_quick, resolve_predictor_kind
-    from harness.config import parse_config
+    import cmikit.harness.embedded
+    from cmikit.cip.cli import _explicit_keys
+    from cmikit.cip.evaluate import CIPConfig, apply_quick, resolve_predictor_kind
+    from cmikit.harness.config import parse_config
 
     for prepared in (False, True):
-        monkeypatch.setattr(harness.embedded, "is_prepared", lambda *a, prepared=prepared: prepared)
+        monkeypatch.setattr(cmikit.harness.embedded, "is_prepared", lambda *a, prepared=prepared: prepared)
         cfg = apply_quick(parse_config(CIPConfig, ["--quick"]), _explicit_keys(["--quick"]))
         assert resolve_predictor_kind(cfg) == "table" and cfg.max_queries == 20
     other = parse_config(CIPConfig, ["--model", "some/other-model"])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cip.conformal import (
+from cmikit.cip.conformal import (
     CalibrationError,
     ConformalThresholds,
     TrajectoryPrefixSampler,
@@ -16,8 +16,8 @@ from cip.conformal import (
     conformal_quantile,
     min_calibration_size,
 )
-from cip.knowledge import KnowledgeBase
-from cip.predictors import TablePredictor
+from cmikit.cip.knowledge import KnowledgeBase
+from cmikit.cip.predictors import TablePredictor
 
 
 def _coverage(alpha: float, n_cal: int, rule: str, reps: int = 3000, n_test: int = 40, seed: int = 0) -> float:
@@ -131,7 +131,7 @@ def test_trajectory_prefix_sampler_takes_prefixes_of_long_enough_runs():
 
 
 def test_calibration_on_saved_direct_prompting_games(tmp_path):
-    from cip.evaluate import trajectory_sampler
+    from cmikit.cip.evaluate import trajectory_sampler
 
     kb = KnowledgeBase.load("everyday")
     lines = [json.dumps({"id": f"direct-{i}", "method": "direct",

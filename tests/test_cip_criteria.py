@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cip.criteria import (
+from cmikit.cip.criteria import (
     CriterionError,
     binary_entropy,
     check_criterion,
@@ -85,7 +85,7 @@ def test_estimation_sources():
 
 
 def test_empty_sets_fool_the_fixed_alpha_bounds_but_not_the_empirical_one():
-    from cip.criteria import cip_fano_score
+    from cmikit.cip.criteria import cip_fano_score
 
     alpha, tau = 0.1, 0.3
     flat = np.full((1, 2, 4), 0.25)  # an uninformative question: every simulated set is empty at tau = .3

@@ -6,11 +6,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cip.agent import Agent, AgentConfig, AgentError, apply_stopping
-from cip.conformal import UniformHistorySampler, calibrate
-from cip.environments import EnvironmentSetupError, MediQ, TwentyQuestions, load_mediq_jsonl, load_mediq_split
-from cip.knowledge import NO, YES, KnowledgeBase, KnowledgeBaseError, Turn, normalize_answer
-from cip.predictors import LLMPredictor, MediQPrompt, PredictorError, TablePredictor, TwentyQuestionsPrompt
+from cmikit.cip.agent import Agent, AgentConfig, AgentError, apply_stopping
+from cmikit.cip.conformal import UniformHistorySampler, calibrate
+from cmikit.cip.environments import (
+    EnvironmentSetupError,
+    MediQ,
+    TwentyQuestions,
+    load_mediq_jsonl,
+    load_mediq_split,
+)
+from cmikit.cip.knowledge import NO, YES, KnowledgeBase, KnowledgeBaseError, Turn, normalize_answer
+from cmikit.cip.predictors import (
+    LLMPredictor,
+    MediQPrompt,
+    PredictorError,
+    TablePredictor,
+    TwentyQuestionsPrompt,
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +122,8 @@ def test_bad_knowledge_bases_and_answers(tmp_path):
 
 
 def test_colliding_label_first_tokens_are_refused_with_a_fix():
-    from harness.backends import TransformersBackend
-    from harness.testing import tiny_causal_lm, tiny_tokenizer
+    from cmikit.harness.backends import TransformersBackend
+    from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
 
     backend = TransformersBackend(tiny_causal_lm(), tiny_tokenizer())
     labels = ["giraffe", "giant panda", "zebra"]
@@ -135,8 +147,8 @@ def test_mediq_loaders_read_the_shared_files(shared_data):
 
 
 def test_mediq_game_runs_with_a_tiny_model(shared_data):
-    from harness.backends import TransformersBackend
-    from harness.testing import tiny_causal_lm, tiny_tokenizer
+    from cmikit.harness.backends import TransformersBackend
+    from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
 
     data = shared_data / "mediq"
     est = load_mediq_split(data, "neurology", 0, "train")[:6]
@@ -166,9 +178,9 @@ def test_mediq_game_runs_with_a_tiny_model(shared_data):
 def test_mediq_eval_pipeline_with_a_tiny_model(shared_data, tmp_path):
     import json
 
-    from cip.evaluate import CIPConfig, run_eval
-    from harness.backends import TransformersBackend
-    from harness.testing import tiny_causal_lm, tiny_tokenizer
+    from cmikit.cip.evaluate import CIPConfig, run_eval
+    from cmikit.harness.backends import TransformersBackend
+    from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
 
     backend = TransformersBackend(tiny_causal_lm(), tiny_tokenizer(), batch_size=32)
     cfg = CIPConfig(task="mediq", mediq_dir=str(shared_data / "mediq"), specialty="neurology", n_games=2,
@@ -182,7 +194,7 @@ def test_mediq_eval_pipeline_with_a_tiny_model(shared_data, tmp_path):
 
 
 def test_mediq_estimation_patients_answer_from_their_own_facts():
-    from cip.environments import CANNOT_ANSWER, MediQCase, fact_to_question
+    from cmikit.cip.environments import CANNOT_ANSWER, MediQCase, fact_to_question
 
     test_case = MediQCase("t", "Q?", {"A": "a", "B": "b", "C": "c", "D": "d"}, "A", "init",
                           ["Patient has a fever of 39 C.", "Patient reports a painful left knee."])

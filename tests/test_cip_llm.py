@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cip.environments import parse_questions
-from cip.knowledge import NO, YES, KnowledgeBase, Turn
-from cip.predictors import LLMPredictor, TwentyQuestionsPrompt
+from cmikit.cip.environments import parse_questions
+from cmikit.cip.knowledge import NO, YES, KnowledgeBase, Turn
+from cmikit.cip.predictors import LLMPredictor, TwentyQuestionsPrompt
 
 
 def test_parse_questions_json_and_fallback():
@@ -74,10 +74,10 @@ class ScriptedBackend:
 
 
 def test_open_query_set_and_direct_prompting_with_an_llm_answerer():
-    from cip.agent import Agent, AgentConfig
-    from cip.conformal import ConformalThresholds
-    from cip.environments import LLMAnswerer, LLMQuerier, TwentyQuestions
-    from harness.testing import tiny_tokenizer
+    from cmikit.cip.agent import Agent, AgentConfig
+    from cmikit.cip.conformal import ConformalThresholds
+    from cmikit.cip.environments import LLMAnswerer, LLMQuerier, TwentyQuestions
+    from cmikit.harness.testing import tiny_tokenizer
 
     kb = KnowledgeBase.from_dict({"questions": ["Is it big?"], "classes": ["cat", "dog", "bee"],
                                   "answers": {"cat": [0], "dog": [0], "bee": [0]}})

@@ -9,21 +9,21 @@ import json
 import numpy as np
 import pytest
 
-from cip.agent import Agent, AgentConfig
-from cip.cli import play
-from cip.conformal import ConformalThresholds, UniformHistorySampler
-from cip.criteria import DEFAULT_CRITERION, draw_estimation_labels
-from cip.environments import TwentyQuestions
-from cip.knowledge import KnowledgeBase
-from cip.miscalibration import (
+from cmikit.cip.agent import Agent, AgentConfig
+from cmikit.cip.cli import play
+from cmikit.cip.conformal import ConformalThresholds, UniformHistorySampler
+from cmikit.cip.criteria import DEFAULT_CRITERION, draw_estimation_labels
+from cmikit.cip.environments import TwentyQuestions
+from cmikit.cip.knowledge import KnowledgeBase
+from cmikit.cip.miscalibration import (
     FirstLabelBiasPredictor,
     TemperedPredictor,
     expected_calibration_error,
     noisy_world,
     predictor_ece,
 )
-from cip.predictors import TablePredictor
-from harness.errors import CmikitError, ThresholdsError
+from cmikit.cip.predictors import TablePredictor
+from cmikit.harness.errors import CmikitError, ThresholdsError
 
 
 @pytest.fixture(autouse=True)
@@ -125,12 +125,12 @@ def test_expected_calibration_error_of_known_cases():
 
 
 def test_thresholds_for_fewer_questions_are_refused(tmp_path):
-    from cip.cli import main
+    from cmikit.cip.cli import main
 
     th_dir = tmp_path / "th3"
     base = ["--predictor", "table", "--n_cal", "20", "--progress", "false"]
     assert main(["calibrate", *base, "--max_queries", "3", "--out_dir", str(th_dir)]) == 0
-    from cip.evaluate import CIPConfig, preflight
+    from cmikit.cip.evaluate import CIPConfig, preflight
 
     cfg = CIPConfig(predictor="table", n_cal=20, max_queries=5, thresholds=str(th_dir))
     with pytest.raises(ThresholdsError, match="up to 4 questions but --max_queries 5") as err:
@@ -144,7 +144,7 @@ def test_thresholds_for_fewer_questions_are_refused(tmp_path):
 
 
 def test_reference_parity_switches():
-    from cip.criteria import cip_code_score
+    from cmikit.cip.criteria import cip_code_score
 
     rng = np.random.default_rng(0)
     labels, _ = draw_estimation_labels(rng, 12, "prior", np.ones(20) / 20, replacement=False)

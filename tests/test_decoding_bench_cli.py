@@ -7,11 +7,18 @@ import random
 import pytest
 import torch
 
-from decoding.bench import BASELINE, budget_grid, ccd_target, evaluate_setting, plot, spare_special_token_id
-from decoding.cli import build_parser, main
-from decoding.config import DiffusionGenerationConfig
-from decoding.tiny_task import CopyOneTask
-from harness.testing import tiny_tokenizer
+from cmikit.decoding.bench import (
+    BASELINE,
+    budget_grid,
+    ccd_target,
+    evaluate_setting,
+    plot,
+    spare_special_token_id,
+)
+from cmikit.decoding.cli import build_parser, main
+from cmikit.decoding.config import DiffusionGenerationConfig
+from cmikit.decoding.tiny_task import CopyOneTask
+from cmikit.harness.testing import tiny_tokenizer
 
 
 def test_copy_task_is_exact_and_heldout_is_disjoint():
@@ -46,7 +53,7 @@ def test_grid_and_target_summary(tmp_path):
 
 
 def test_evaluate_setting_on_an_untrained_model():
-    from decoding.tiny_dlm import TinyDLMTrainConfig, build_model
+    from cmikit.decoding.tiny_dlm import TinyDLMTrainConfig, build_model
 
     cfg = TinyDLMTrainConfig(length=6, n_diff=2, gen_length=8, hidden_size=16, num_layers=1, num_heads=2,
                              intermediate_size=32)
@@ -73,7 +80,7 @@ def test_cli_help_and_parser():
 
 
 def test_cli_generate_with_a_checkpoint_folder(tmp_path, capsys):
-    from decoding.tiny_dlm import TinyDLMTrainConfig, build_model
+    from cmikit.decoding.tiny_dlm import TinyDLMTrainConfig, build_model
 
     cfg = TinyDLMTrainConfig(length=3, n_diff=1, gen_length=4, hidden_size=16, num_layers=1, num_heads=2,
                              intermediate_size=32)
@@ -86,7 +93,7 @@ def test_cli_generate_with_a_checkpoint_folder(tmp_path, capsys):
 
 
 def test_one_class_upper_task_is_exact_and_punishes_the_majority_vote():
-    from decoding.tiny_task import OneClassUpperTask, task_from_dict, task_name
+    from cmikit.decoding.tiny_task import OneClassUpperTask, task_from_dict, task_name
 
     task = OneClassUpperTask(length=32, gen_length=34)
     prompt, answer = task.sample(random.Random(3))
@@ -112,14 +119,14 @@ def test_one_class_upper_task_is_exact_and_punishes_the_majority_vote():
 
 
 def test_dependency_grid_validates_and_targets_cover_threshold_and_eb():
-    from decoding.bench import dependency_grid
+    from cmikit.decoding.bench import dependency_grid
 
     for quick in (True, False):
         grid = dependency_grid(64, quick)
         assert (BASELINE[0], BASELINE[1]) in {(s, label) for s, label, _ in grid}
         for strategy, _, fields in grid:
             DiffusionGenerationConfig(gen_length=64, strategy=strategy, **fields)
-    from decoding.config import STRATEGIES
+    from cmikit.decoding.config import STRATEGIES
 
     assert {s for s, _, _ in dependency_grid(64, False)} == set(STRATEGIES)
     results = [
@@ -133,8 +140,8 @@ def test_dependency_grid_validates_and_targets_cover_threshold_and_eb():
 
 
 def test_train_config_per_task_builds_a_model_with_the_task_stored():
-    from decoding.tiny_dlm import build_model, train_config_for
-    from decoding.tiny_task import OneClassUpperTask, task_from_dict
+    from cmikit.decoding.tiny_dlm import build_model, train_config_for
+    from cmikit.decoding.tiny_task import OneClassUpperTask, task_from_dict
 
     cfg = train_config_for("one-class-upper", hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     model = build_model(cfg, tiny_tokenizer())
@@ -143,8 +150,8 @@ def test_train_config_per_task_builds_a_model_with_the_task_stored():
 
 
 def test_shipped_one_class_upper_model_punishes_committing_coupled_positions_together():
-    from decoding import generate
-    from decoding.tiny_dlm import encode_problems, load_tiny_dlm
+    from cmikit.decoding import generate
+    from cmikit.decoding.tiny_dlm import encode_problems, load_tiny_dlm
 
     torch.set_num_threads(1)
     model, tok, task = load_tiny_dlm(task="one-class-upper", train_if_missing=False, progress=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding import DiffusionGenerationConfig, adapt, generate
-from harness.errors import ConfigError, ModelRefError
-from harness.testing import tiny_dream_like, tiny_llada_like
+from cmikit.decoding import DiffusionGenerationConfig, adapt, generate
+from cmikit.harness.errors import ConfigError, ModelRefError
+from cmikit.harness.testing import tiny_dream_like, tiny_llada_like
 
 STRATEGIES = ["low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "threshold", "entropy_bound",
               "ccd", "ccd_marginal"]
@@ -129,7 +129,7 @@ def test_cache_refusals(two_layer):
 def test_tiny_dlm_cached_outputs_agree_with_no_cache():
     """On the trained tiny DLM (blocks of 8, 256 held-out prompts), prefix and dual cache agree with no cache on
     >= 95% of prompts (where they differ, both copy one of the two strings: accuracy does not move)."""
-    from decoding.tiny_dlm import encode_problems, load_tiny_dlm
+    from cmikit.decoding.tiny_dlm import encode_problems, load_tiny_dlm
 
     model, tokenizer, task = load_tiny_dlm(train_if_missing=False, progress=False)
     problems = task.problems(256, seed=12345)
@@ -145,11 +145,11 @@ def test_tiny_dlm_cached_outputs_agree_with_no_cache():
 
 def test_bench_cache_report_has_every_mode_and_the_speedups(monkeypatch):
     """The ``"cache"`` object of bench.json, on a tiny random model standing in for SmolLM2 (timing only)."""
-    import harness.models
-    from decoding.bench_cache import MODES, cache_report
-    from harness.testing import tiny_causal_lm, tiny_tokenizer
+    import cmikit.harness.models
+    from cmikit.decoding.bench_cache import MODES, cache_report
+    from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
 
-    monkeypatch.setattr(harness.models, "load_model", lambda ref, **kw: (tiny_causal_lm(), tiny_tokenizer()))
+    monkeypatch.setattr(cmikit.harness.models, "load_model", lambda ref, **kw: (tiny_causal_lm(), tiny_tokenizer()))
     report = cache_report(quick=True, progress=False)
     for mode in MODES:
         row = report[mode]
@@ -167,7 +167,7 @@ def test_bench_cache_report_has_every_mode_and_the_speedups(monkeypatch):
 def test_cli_generate_with_dual_cache_and_reference_numerics(capsys):
     import json
 
-    from decoding.cli import main
+    from cmikit.decoding.cli import main
 
     prompt = "abcdefghabcdefghabcdefgh,abcdefghAbcdefghabcdefGh="
     code = main(["generate", "--model", "tiny", "--prompt", prompt, "--gen-length", "24", "--block-length", "8",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding import AdapterError, DiffusionGenerationConfig, adapt, generate
-from decoding.plugin import CUSTOM_GENERATE_DIR, diffusion_generate
-from harness.testing import tiny_causal_lm, tiny_dream_like, tiny_llada_like, tiny_tokenizer
+from cmikit.decoding import AdapterError, DiffusionGenerationConfig, adapt, generate
+from cmikit.decoding.plugin import CUSTOM_GENERATE_DIR, diffusion_generate
+from cmikit.harness.testing import tiny_causal_lm, tiny_dream_like, tiny_llada_like, tiny_tokenizer
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +190,7 @@ def test_custom_generate_callable_and_folder_match_the_loop(llada):
 
 @pytest.mark.parametrize("scope,banned", [("eos", {"eos"}), ("eos_eot", {"eos", "eot"})])
 def test_suppress_eos_scope_eos_only_like_llada_or_eos_and_eot(llada, scope, banned):
-    from decoding.adapters import DiffusionModelAdapter
+    from cmikit.decoding.adapters import DiffusionModelAdapter
 
     eos, eot = llada.config.eos_token_id, 40
     adapter = DiffusionModelAdapter(llada, llada.config.mask_token_id, eos_token_ids=sorted({eos, eot}),

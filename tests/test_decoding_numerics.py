@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decoding import DiffusionGenerationConfig, adapt, generate
+from cmikit.decoding import DiffusionGenerationConfig, adapt, generate
 
 VOCAB, MASK = 16, 15
 

@@ -7,14 +7,14 @@ import itertools
 import pytest
 import torch
 
-from decoding import DiffusionGenerationConfig, DiffusionOutput, generate
-from decoding.plugin import CUSTOM_GENERATE_DIR, diffusion_generate, resolve_generate_options
-from harness.errors import ConfigError
+from cmikit.decoding import DiffusionGenerationConfig, DiffusionOutput, generate
+from cmikit.decoding.plugin import CUSTOM_GENERATE_DIR, diffusion_generate, resolve_generate_options
+from cmikit.harness.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from decoding.tiny_dlm import encode_problems, load_tiny_dlm
+    from cmikit.decoding.tiny_dlm import encode_problems, load_tiny_dlm
 
     torch.set_num_threads(1)
     model, tok, task = load_tiny_dlm(train_if_missing=False, progress=False)

@@ -1,13 +1,13 @@
-"""Each strategy's commits per step, asserted exactly on hand-written oracle models (decoding.testing)."""
+"""Each strategy's commits per step, asserted exactly on hand-written oracle models (cmikit.decoding.testing)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from decoding import DiffusionGenerationConfig, adapt, generate
-from decoding.strategies import llada_num_transfer_tokens
-from decoding.testing import OracleModel, entropy_of, fixed_oracle
+from cmikit.decoding import DiffusionGenerationConfig, adapt, generate
+from cmikit.decoding.strategies import llada_num_transfer_tokens
+from cmikit.decoding.testing import OracleModel, entropy_of, fixed_oracle
 
 VOCAB, MASK, PROMPT = 32, 31, 2
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.backends import (
+from cmikit.harness.backends import (
     BackendError,
     SamplingParams,
     TransformersBackend,
@@ -16,7 +16,7 @@ from harness.backends import (
     render_prompt,
     truncate_at_stop,
 )
-from harness.testing import tiny_causal_lm, tiny_tokenizer
+from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
 
 HEADER = "You are playing a guessing game. The history so far follows. Q: "
 

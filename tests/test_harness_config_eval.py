@@ -14,8 +14,8 @@ from typing import Literal
 
 import pytest
 
-from harness.config import ConfigError, parse_config
-from harness.evaluation import (
+from cmikit.harness.config import ConfigError, parse_config
+from cmikit.harness.evaluation import (
     EvaluationError,
     Task,
     bootstrap_ci,
@@ -111,8 +111,7 @@ def test_resume_after_sigkill_and_truncated_line(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(os.getcwd())!r})
-        from harness.evaluation import Task, run_task
+        from cmikit.harness.evaluation import Task, run_task
         def run_batch(batch):
             time.sleep(0.15)
             return [{{"metrics": {{"v": 1.0}}}} for _ in batch]
@@ -162,16 +161,15 @@ def test_plot_curves_writes_png(tmp_path):
 def test_examples_split_across_two_processes(tmp_path):
     """torchrun with two CPU processes: each example runs on exactly one rank, records are merged."""
     script = tmp_path / "dist_job.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(textwrap.dedent("""
         import os, sys
-        sys.path.insert(0, {str(os.getcwd())!r})
-        from harness.evaluation import Task, run_task
+        from cmikit.harness.evaluation import Task, run_task
         import time
         if os.environ["RANK"] == "1":
             time.sleep(1.0)  # a slow starter: it must still split the same to-do list as rank 0
         def run_batch(batch):
-            return [{{"metrics": {{"v": 1.0}}, "rank": int(os.environ["RANK"])}} for _ in batch]
-        run_task(Task("dist", [{{"id": i}} for i in range(10)], run_batch), sys.argv[1], batch_size=2,
+            return [{"metrics": {"v": 1.0}, "rank": int(os.environ["RANK"])} for _ in batch]
+        run_task(Task("dist", [{"id": i} for i in range(10)], run_batch), sys.argv[1], batch_size=2,
                  progress=False)
     """))
     out = tmp_path / "out"

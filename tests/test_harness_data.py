@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from cli_testing import assert_one_line_error, cli_env, run_module
 
-from harness import data
-from harness.errors import DataFileError
+from cmikit.harness import data
+from cmikit.harness.errors import DataFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,7 +227,7 @@ def test_bad_manifest_names_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------------ the cmikit command
 def _cmikit(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return run_module("harness.main_cli", *args, env=cli_env(**(env or {})), cwd=cwd, timeout=120)
+    return run_module("cmikit.harness.main_cli", *args, env=cli_env(**(env or {})), cwd=cwd, timeout=120)
 
 
 def test_cli_fetch_then_path_and_list(tmp_path, server):
@@ -259,11 +259,11 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, culprit):
 
 # --------------------------------------------------------------------- defaults that read the datasets
 def test_awa2_alias_and_mediq_default_resolve_through_the_datasets(tmp_path, monkeypatch, shared_data):
-    import cip.predictors
-    from cip.evaluate import CIPConfig, build
-    from cip.knowledge import KnowledgeBase
+    import cmikit.cip.predictors
+    from cmikit.cip.evaluate import CIPConfig, build
+    from cmikit.cip.knowledge import KnowledgeBase
 
-    monkeypatch.setattr(cip.predictors, "LLMPredictor", lambda backend, prompt: None)  # no model needed here
+    monkeypatch.setattr(cmikit.cip.predictors, "LLMPredictor", lambda backend, prompt: None)  # no model needed here
     monkeypatch.setenv("CMIKIT_DATA", str(shared_data))
     kb = KnowledgeBase.load("awa2")
     assert len(kb.classes) == 20 and len(kb.questions) == 85

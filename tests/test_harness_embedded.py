@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from harness import embedded
-from harness.backends import SamplingParams, first_token_ids
-from harness.models import load_model
+from cmikit.harness import embedded
+from cmikit.harness.backends import SamplingParams, first_token_ids
+from cmikit.harness.models import load_model
 
 pytestmark = pytest.mark.embedded
 

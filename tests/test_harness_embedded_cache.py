@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness import embedded
-from harness.errors import ModelRefError
+from cmikit.harness import embedded
+from cmikit.harness.errors import ModelRefError
 
 
 def _fake_model_folder(out: Path, payload: bytes = b"") -> None:
@@ -213,9 +213,9 @@ def test_truncated_real_model_recovers_in_one_run(tmp_path):
     weights = target / "model.safetensors"
     with open(weights, "r+b") as handle:
         handle.truncate(weights.stat().st_size // 3)
-    code = ("from harness.models import load_model; m, t = load_model('smollm2-135m-instruct', device_map='cpu');"
+    code = ("from cmikit.harness.models import load_model; m, t = load_model('smollm2-135m-instruct', device_map='cpu');"
             " print('params', m.num_parameters())")
-    env = dict(os.environ, CMIKIT_CACHE=str(cache), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, CMIKIT_CACHE=str(cache))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "damaged" in result.stderr and "preparing it again" in result.stderr

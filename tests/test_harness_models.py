@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import embedded
-from harness.models import MODEL_REGISTRY, ModelLoadError, load_model, resolve_model_ref
-from harness.testing import bidirectional_attention_mask, tiny_causal_lm, tiny_dream_like, tiny_llada_like
+from cmikit.harness import embedded
+from cmikit.harness.models import MODEL_REGISTRY, ModelLoadError, load_model, resolve_model_ref
+from cmikit.harness.testing import (
+    bidirectional_attention_mask,
+    tiny_causal_lm,
+    tiny_dream_like,
+    tiny_llada_like,
+)
 
 
 def test_registry_has_paper_models():
@@ -73,7 +78,7 @@ def test_bad_dtype_named():
 def test_local_folder_roundtrip_with_peft_adapter(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from harness.testing import tiny_tokenizer
+    from cmikit.harness.testing import tiny_tokenizer
 
     base = tiny_causal_lm()
     base.save_pretrained(tmp_path / "base")

@@ -1,4 +1,4 @@
-"""Run identity (harness.runs.open_run) and the error boundary (harness.cli): a rerun never mixes settings, one
+"""Run identity (cmikit.harness.runs.open_run) and the error boundary (cmikit.harness.cli): a rerun never mixes settings, one
 run per folder, a killed run leaves no stale lock, user errors are one line with exit code 2, bugs keep their
 traceback."""
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
-from harness.embedded import GGUF_SHA256
-from harness.errors import CmikitError, ConfigError, DataFileError, RunConflictError
-from harness.runs import RUN_FILE, file_digest, model_identity, open_run, read_run
+from cmikit.harness import cli
+from cmikit.harness.embedded import GGUF_SHA256
+from cmikit.harness.errors import CmikitError, ConfigError, DataFileError, RunConflictError
+from cmikit.harness.runs import RUN_FILE, file_digest, model_identity, open_run, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"max_queries": 3, "methods": ["cip", "ip"], "seed": 0, "progress": True, "out_dir": "x", "batch_size": 8}
@@ -216,8 +216,7 @@ def test_second_opener_in_the_same_process_is_refused(tmp_path):
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, {root!r})
-    from harness.runs import open_run
+    from cmikit.harness.runs import open_run
     with open_run({out!r}, "demo", {config!r}, ignore={ignore!r}) as run:
         print("locked", flush=True)
         time.sleep(120)
@@ -324,9 +323,9 @@ def test_dispatch_routes_and_guards(capsys):
 
 
 def test_every_project_error_is_a_cmikit_error():
-    from harness.embedded import EmbeddedModelError
-    from harness.errors import ModelRefError, ThresholdsError
-    from harness.models import ModelLoadError
+    from cmikit.harness.embedded import EmbeddedModelError
+    from cmikit.harness.errors import ModelRefError, ThresholdsError
+    from cmikit.harness.models import ModelLoadError
 
     for cls in (ConfigError, ModelRefError, DataFileError, ThresholdsError, RunConflictError, ModelLoadError,
                 EmbeddedModelError):

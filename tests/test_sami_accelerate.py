@@ -46,7 +46,7 @@ if os.environ.get("CMIKIT_TEST_STALL_AFTER_CHECKPOINT"):
 
 def _env(stall_dir: Path | None = None):
     env = dict(os.environ)
-    paths = [str(ROOT)] + ([str(stall_dir)] if stall_dir else [])
+    paths = [str(stall_dir)] if stall_dir else []
     env["PYTHONPATH"] = os.pathsep.join(paths) + os.pathsep + env.get("PYTHONPATH", "")
     if stall_dir:
         env["CMIKIT_TEST_STALL_AFTER_CHECKPOINT"] = "1"
@@ -71,7 +71,7 @@ def _launch_cmd(*flags):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from harness.testing import tiny_causal_lm, tiny_tokenizer
+    from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
 
     tmp = tmp_path_factory.mktemp("sami-accelerate")
     tiny_causal_lm().save_pretrained(tmp / "model")

@@ -7,9 +7,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from harness.testing import tiny_causal_lm, tiny_tokenizer
-from sami.loss import SAMIInputError
-from sami.trainer import SAMIDataCollator, logprob_matrix
+from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
+from cmikit.sami.loss import SAMIInputError
+from cmikit.sami.trainer import SAMIDataCollator, logprob_matrix
 
 ROWS = [
     {"prompts": ["Be kind. Q: hi?\nA:", "Be rude. Q: hi?\nA:"], "responses": [" hello there", " go away"]},

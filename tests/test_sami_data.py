@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sami.constitutions import (
+from cmikit.sami.constitutions import (
     Constitution,
     ConstitutionError,
     builtin_principles,
@@ -15,8 +15,8 @@ from sami.constitutions import (
     constitution_set,
     load_reference_constitutions,
 )
-from sami.queries import QueryError, load_queries, split_queries
-from sami.sampling import ResponseFilter, build_items, item_prompts, training_rows
+from cmikit.sami.queries import QueryError, load_queries, split_queries
+from cmikit.sami.sampling import ResponseFilter, build_items, item_prompts, training_rows
 
 
 def test_constitution_set_positive_first_and_distinct_negatives():

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from harness.config import ConfigError, parse_config
-from harness.errors import CmikitError
-from harness.testing import tiny_causal_lm, tiny_tokenizer
-from sami import iterate as iterate_module
-from sami.cli import main as sami_main
-from sami.iterate import ExpertIteration, IterateConfig
-from sami.trainer import SAMIConfig
+from cmikit.harness.config import ConfigError, parse_config
+from cmikit.harness.errors import CmikitError
+from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
+from cmikit.sami import iterate as iterate_module
+from cmikit.sami.cli import main as sami_main
+from cmikit.sami.iterate import ExpertIteration, IterateConfig
+from cmikit.sami.trainer import SAMIConfig
 
 
 @pytest.fixture()
@@ -60,7 +60,7 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, monkeypatc
     first_samples = (run / "iteration-2" / "samples" / "records.jsonl").read_text()
 
     generate_calls = []
-    from harness.backends import TransformersBackend
+    from cmikit.harness.backends import TransformersBackend
 
     real_generate = TransformersBackend.generate
     monkeypatch.setattr(TransformersBackend, "generate",

@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from sami.judge import JudgeError, judge_pairs, pairs_from_files, parse_verdict, verdict_score, win_rates
+from cmikit.sami.judge import (
+    JudgeError,
+    judge_pairs,
+    pairs_from_files,
+    parse_verdict,
+    verdict_score,
+    win_rates,
+)
 
 RESPONSES = "sami-tldr/responses"
 SAMI_FILE = "iteration-3-epoch-0.38-from-epoch-0.25-mistral-mistral-constitution-temperature-0.0.json"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sami.loss import (
+from cmikit.sami.loss import (
     SAMIInputError,
     completion_logprob_matrix,
     log_mean_mi,

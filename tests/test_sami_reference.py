@@ -13,12 +13,12 @@ import datasets
 import pytest
 import torch
 
-from harness.testing import tiny_causal_lm, tiny_tokenizer
-from sami.constitutions import builtin_principles, constitution_set, subset_principle
-from sami.judge import degenerate_judge, judge_pairs, released_win_rates, win_rates
-from sami.loss import sami_loss
-from sami.sampling import build_items
-from sami.trainer import SAMIConfig, SAMIDataCollator, SAMITrainer, logprob_matrix
+from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
+from cmikit.sami.constitutions import builtin_principles, constitution_set, subset_principle
+from cmikit.sami.judge import degenerate_judge, judge_pairs, released_win_rates, win_rates
+from cmikit.sami.loss import sami_loss
+from cmikit.sami.sampling import build_items
+from cmikit.sami.trainer import SAMIConfig, SAMIDataCollator, SAMITrainer, logprob_matrix
 
 
 # ------------------------------------------------------------------------------------------- win rates
@@ -46,7 +46,7 @@ def test_released_judge_output_format(tmp_path):
 
 
 def test_sami_judge_cli_on_released_judge_outputs(tmp_path):
-    from sami.cli import main
+    from cmikit.sami.cli import main
 
     path = tmp_path / "judged.json"
     path.write_text(json.dumps([[1, 50, 80], [0, 60, 60], [1, 70, 40], [1, 30, 90]]))

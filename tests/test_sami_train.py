@@ -6,9 +6,9 @@ import datasets
 import pytest
 import torch
 
-from harness.testing import tiny_causal_lm, tiny_tokenizer
-from sami.loss import sami_loss
-from sami.trainer import SAMIConfig, SAMIDataCollator, SAMITrainer, logprob_matrix
+from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
+from cmikit.sami.loss import sami_loss
+from cmikit.sami.trainer import SAMIConfig, SAMIDataCollator, SAMITrainer, logprob_matrix
 
 
 def _rows():
@@ -75,7 +75,7 @@ def test_trainer_logs_sami_metrics_and_refuses_empty_data(tmp_path):
 def test_two_lora_steps_lower_the_loss_on_the_embedded_model(tmp_path):
     from peft import LoraConfig
 
-    from harness import load_model
+    from cmikit.harness import load_model
 
     model, tok = load_model("smollm2-135m-instruct", eval_mode=False)
     rows = [

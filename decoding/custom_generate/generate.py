@@ -6,14 +6,14 @@ Publish the folder that contains ``custom_generate/`` (or use it locally) and ca
                    diffusion_config={"strategy": "ccd"}, max_new_tokens=64)
 
 It requires the ``cmikit`` package (see ``requirements.txt``) and runs the same loop as
-:func:`decoding.generate`, with options resolved exactly as for the callable route
-(:func:`decoding.plugin.resolve_generate_options`: ``max_new_tokens``, ``return_dict_in_generate`` and
+:func:`cmikit.decoding.generate`, with options resolved exactly as for the callable route
+(:func:`cmikit.decoding.plugin.resolve_generate_options`: ``max_new_tokens``, ``return_dict_in_generate`` and
 ``do_sample``/``temperature``/``top_p``/``top_k`` from the call or its ``generation_config``).
 """
 
 import torch
 
-from decoding.plugin import merged_generation_config, run_custom_generate
+from cmikit.decoding.plugin import merged_generation_config, run_custom_generate
 
 # Arguments of transformers' `generate` that the diffusion loop does not use (no effect on a canvas).
 _UNUSED = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",

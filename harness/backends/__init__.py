@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.backends.base import (
+from cmikit.harness.backends.base import (
     BackendError,
     LMBackend,
     Prompt,
@@ -13,8 +13,8 @@ from harness.backends.base import (
     render_prompt,
     truncate_at_stop,
 )
-from harness.backends.transformers_backend import TransformersBackend
-from harness.backends.vllm_backend import VLLMBackend
+from cmikit.harness.backends.transformers_backend import TransformersBackend
+from cmikit.harness.backends.vllm_backend import VLLMBackend
 
 BACKENDS = ("transformers", "vllm")
 
@@ -24,11 +24,11 @@ def make_backend(kind: str, model: str, **kwargs: Any) -> LMBackend:
     if kind == "transformers":
         return TransformersBackend.from_ref(model, **kwargs)
     if kind == "vllm":
-        from harness.models import resolve_model_ref
+        from cmikit.harness.models import resolve_model_ref
 
         resolved = resolve_model_ref(model)
         if resolved.kind == "embedded":
-            from harness.embedded import prepare_embedded_model
+            from cmikit.harness.embedded import prepare_embedded_model
 
             path = str(prepare_embedded_model())
         else:

@@ -1,4 +1,4 @@
-"""The transformers implementation of :class:`~harness.backends.base.LMBackend`.
+"""The transformers implementation of :class:`~cmikit.harness.backends.base.LMBackend`.
 
 * ``generate`` batches left-padded prompts through ``model.generate``.
 * Scoring (``sequence_logprobs``, ``next_token_logprobs``) runs the longest token prefix shared by the
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from harness.backends.base import BackendError, LMBackend, Prompt, SamplingParams, truncate_at_stop
+from cmikit.harness.backends.base import BackendError, LMBackend, Prompt, SamplingParams, truncate_at_stop
 
 
 def _common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
@@ -58,7 +58,7 @@ class TransformersBackend(LMBackend):
 
     @classmethod
     def from_ref(cls, ref: str, **kwargs: Any) -> TransformersBackend:
-        from harness.models import load_model
+        from cmikit.harness.models import load_model
 
         backend_keys = {"batch_size", "prefix_reuse", "min_prefix_tokens"}
         backend_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in backend_keys}

@@ -1,4 +1,4 @@
-"""The vLLM implementation of :class:`~harness.backends.base.LMBackend` (extra ``cmikit[vllm]``, GPU).
+"""The vLLM implementation of :class:`~cmikit.harness.backends.base.LMBackend` (extra ``cmikit[vllm]``, GPU).
 
 vLLM is imported lazily, only when a :class:`VLLMBackend` is built without an engine, so the toolkit
 imports and tests without it. The mapping onto vLLM's API:
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from harness.backends.base import BackendError, LMBackend, Prompt, SamplingParams, truncate_at_stop
+from cmikit.harness.backends.base import BackendError, LMBackend, Prompt, SamplingParams, truncate_at_stop
 
 
 def _vllm():
