@@ -1,6 +1,9 @@
 """Issue 9: bad inputs to the ``cip`` CLI end with exit code 2 and one ``error:`` line that names the culprit,
 before any model loads, with no traceback, and leave an existing output folder untouched. Plus the refused
-rerun with changed settings and kill -9 then resume for ``cip eval``."""
+rerun with changed settings and kill -9 then resume for ``cip eval``.
+
+The cases run ``main(argv)`` in this process (issue 14: fast); one case and the kill -9 test run a real process,
+for the process's own exit code."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_testing import assert_one_line_error, cli_env, run_module
+from cli_testing import assert_one_line_error, call_main, cli_env, run_module
 from cli_testing import snapshot as _snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +27,13 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return cli_env(CMIKIT_CACHE=str(tmp_path / "cache"))
 
 
-def _cip(args: list[str], tmp_path: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cip(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """``cip args...`` in this process."""
+    return call_main("cmikit.cip.cli", *args, env={"CMIKIT_CACHE": str(tmp_path / "cache")}, cwd=tmp_path)
+
+
+def _cip_process(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m cmikit.cip.cli args...``: a real process."""
     return run_module("cmikit.cip.cli", *args, env=_env(tmp_path), cwd=tmp_path, timeout=timeout)
 
 
@@ -114,6 +123,15 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(files, tmp_path, name,
     assert elapsed < 30  # no model was loaded
 
 
+def test_bad_input_in_a_real_process_exits_2(files, tmp_path):
+    """The smoke test of the process boundary: ``python -m cmikit.cip.cli`` itself exits with code 2."""
+    run = files["run"]
+    before = _snapshot(run)
+    r = _cip_process(["eval", "--n_games", "0", "--out_dir", str(run), "--progress", "false"], tmp_path)
+    assert_one_line_error(r, "--n_games 0")
+    assert _snapshot(run) == before
+
+
 def test_mediq_jsonl_line_numbers(files):
     from cmikit.cip.environments import load_mediq_jsonl
     from cmikit.harness.errors import DataFileError
@@ -142,11 +160,35 @@ def test_rerun_with_changed_settings_is_refused_and_overwrite_starts_over(tmp_pa
     assert len(records) == 2 and all(r["trace"]["n_queries"] == 5 for r in records)
 
 
+def test_ctrl_c_in_a_real_process_is_one_line_exit_130_and_resumes(tmp_path):
+    """Ctrl-C (SIGINT) stops ``cip eval`` with exit code 130 and one ``interrupted`` line; finished games are
+    kept and the rerun finishes the rest."""
+    out = tmp_path / "run"
+    args = ["eval", *TABLE, "--kb", "everyday", "--n_cal", "30", "--max_queries", "20", "--methods", "ip",
+            "random", "--seeds", "0", "--out_dir", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "cmikit.cip.cli", *args], env=_env(tmp_path), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    records = out / "records.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not records.is_file() or len(records.read_bytes().splitlines()) < 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    n_kept = len(records.read_bytes().splitlines())
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted; rerun")
+    assert 4 <= n_kept < 48
+    assert _cip(args, tmp_path).returncode == 0
+    assert len((out / "records.jsonl").read_bytes().splitlines()) == 48
+
+
 def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
     args = [*TABLE, "--kb", "everyday", "--n_cal", "30", "--max_queries", "20", "--methods", "cip-floor", "ip",
             "random", "--seeds", "0"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    assert _cip(["eval", *args, "--out_dir", str(clean)], tmp_path, timeout=300).returncode == 0
+    assert _cip(["eval", *args, "--out_dir", str(clean)], tmp_path).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "cmikit.cip.cli", "eval", *args, "--out_dir", str(killed)],
                             env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = killed / "records.jsonl"
@@ -157,7 +199,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path):
     proc.wait()
     n_before = len(records.read_bytes().splitlines())
     assert 10 <= n_before < 72, n_before  # killed mid-run
-    r = _cip(["eval", *args, "--out_dir", str(killed)], tmp_path, timeout=300)
+    r = _cip(["eval", *args, "--out_dir", str(killed)], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
 
     def by_id(folder: Path) -> dict[str, dict]:

@@ -1,6 +1,9 @@
-"""Bad inputs to ``dlm-decode``, driven as a user would (a subprocess): each ends as one ``error:`` line naming
-the culprit, exit code 2, no traceback, found before any model loads, and an existing output folder untouched.
-Plus a refused ``bench`` rerun into a folder made with other settings."""
+"""Bad inputs to ``dlm-decode``: each ends as one ``error:`` line naming the culprit, exit code 2, no traceback,
+found before any model loads, and an existing output folder untouched. Plus a refused ``bench`` rerun into a
+folder made with other settings.
+
+The cases run ``main(argv)`` in this process (issue 14: fast); one case runs a real process, for the process's own
+exit code."""
 
 from __future__ import annotations
 
@@ -8,13 +11,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_testing import assert_one_line_error, cli_env, run_module, snapshot
+from cli_testing import assert_one_line_error, call_main, cli_env, run_module, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def dlm_decode(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return run_module("cmikit.decoding.cli", *args, env=cli_env(TQDM_DISABLE="1"), timeout=timeout)
+def dlm_decode(*args: str) -> subprocess.CompletedProcess:
+    """``dlm-decode args...`` in this process."""
+    return call_main("cmikit.decoding.cli", *args, env={"TQDM_DISABLE": "1"})
 
 
 TINY = ["generate", "--model", "tiny"]
@@ -73,6 +77,15 @@ def test_bad_input_is_one_line_exit_2_before_any_model_load(name, existing_out):
     result = dlm_decode(*args)
     assert_one_line_error(result, *culprits)
     assert "Loading weights" not in result.stderr  # refused before any model loaded
+    assert snapshot(existing_out) == before
+
+
+def test_bad_input_in_a_real_process_exits_2(existing_out):
+    """The smoke test of the process boundary: ``python -m cmikit.decoding.cli`` itself exits with code 2."""
+    before = snapshot(existing_out)
+    result = run_module("cmikit.decoding.cli", "bench", "--n-problems", "0", "--out", existing_out,
+                        env=cli_env(TQDM_DISABLE="1"))
+    assert_one_line_error(result, "--n-problems", "0")
     assert snapshot(existing_out) == before
 
 

@@ -1,7 +1,10 @@
 """Bad inputs to the ``sami`` CLI (issue 9): each is refused at start-up with exit code 2 and one line
 ``error: ...`` naming the culprit, no traceback, no model loaded, and an existing output folder unchanged.
 Plus: a rerun with changed settings is refused (iterate, judge), and kill -9 then rerun resumes (iterate,
-judge)."""
+judge).
+
+The cases run ``main(argv)`` in this process (issue 14: fast); one case and the kill -9 tests run a real
+process, for the process's own exit code."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_testing import assert_one_line_error, cli_env, run_module
+from cli_testing import assert_one_line_error, call_main, cli_env, run_module
 from cli_testing import snapshot as _snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 _env = cli_env
 
 
-def _sami(*args, timeout=300):
+def _sami(*args):
+    """``sami args...`` in this process."""
+    return call_main("cmikit.sami.cli", *args)
+
+
+def _sami_process(*args, timeout=600):
+    """``python -m cmikit.sami.cli args...``: a real process."""
     return run_module("cmikit.sami.cli", *args, timeout=timeout)
 
 
@@ -121,6 +130,16 @@ def test_bad_input_is_refused_at_start_up(world, name, command, args, culprit):
     assert elapsed < 60  # no model load, no sampling (the 5 s target is measured on an idle machine)
 
 
+def test_bad_input_in_a_real_process_exits_2(world):
+    """The smoke test of the process boundary: ``python -m cmikit.sami.cli`` itself exits with code 2."""
+    t = world
+    out = t / "existing-out"
+    before = _snapshot(out)
+    proc = _sami_process("iterate", "--config", t / "run.yaml", "--output_dir", out, "--top_p", "1.5")
+    assert_one_line_error(proc, "--top_p 1.5")
+    assert _snapshot(out) == before
+
+
 # ------------------------------------------------------------------------------------ refused reruns
 def test_judge_rerun_with_other_settings_is_refused(world, tmp_path):
     t = world
@@ -148,7 +167,7 @@ def test_judge_rerun_with_other_settings_is_refused(world, tmp_path):
 def test_iterate_rerun_with_other_settings_is_refused(world, tmp_path):
     t = world
     out = tmp_path / "run"
-    first = _sami("iterate", "--config", t / "run.yaml", "--output_dir", out, timeout=600)
+    first = _sami("iterate", "--config", t / "run.yaml", "--output_dir", out)
     assert first.returncode == 0, first.stderr[-2000:]
     before = _snapshot(out)
     for extra, key in ((["--max_new_tokens", "6"], "max_new_tokens"), (["--learning_rate", "0.02"], "learning_rate"),
@@ -232,7 +251,7 @@ def test_iterate_killed_then_rerun_resumes(world, tmp_path):
     samples = out / "iteration-1" / "samples"
     assert _kill_when(proc, lambda: (samples / "DONE").exists()), "the run finished before the kill"
     first = (samples / "records.jsonl").read_text()
-    rerun = _sami(*args, timeout=600)
+    rerun = _sami(*args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (samples / "records.jsonl").read_text() == first  # finished sampling was not redone
     results = json.loads((out / "results.json").read_text())

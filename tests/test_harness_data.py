@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from cli_testing import assert_one_line_error, cli_env, run_module
+from cli_testing import assert_one_line_error, call_main, cli_env, run_module
 
 from cmikit.harness import data
 from cmikit.harness.errors import DataFileError
@@ -227,7 +227,8 @@ def test_bad_manifest_names_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------------ the cmikit command
 def _cmikit(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return run_module("cmikit.harness.main_cli", *args, env=cli_env(**(env or {})), cwd=cwd, timeout=120)
+    """``cmikit args...`` in this process."""
+    return call_main("cmikit.harness.main_cli", *args, env=env, cwd=cwd)
 
 
 def test_cli_fetch_then_path_and_list(tmp_path, server):
@@ -255,6 +256,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, culprit):
     result = _cmikit(*args, env={"CMIKIT_CACHE": str(tmp_path / "cache"), "CMIKIT_DATA": ""})
     assert_one_line_error(result, culprit, max_lines=1)
     assert not (tmp_path / "cache" / "data").exists() or not any((tmp_path / "cache" / "data").rglob("*"))
+
+
+def test_cli_bad_input_in_a_real_process_exits_2(tmp_path):
+    """The smoke test of the process boundary: ``python -m cmikit.harness.main_cli`` itself exits with code 2."""
+    env = cli_env(CMIKIT_CACHE=str(tmp_path / "cache"), CMIKIT_DATA="")
+    result = run_module("cmikit.harness.main_cli", "data", "fetch", "imagenet", env=env, timeout=120)
+    assert_one_line_error(result, "'imagenet'", max_lines=1)
 
 
 # --------------------------------------------------------------------- defaults that read the datasets
