@@ -12,6 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.cmikit-installed
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
+DEMO_ARGS ?=
 
 .PHONY: setup data demo demo-sami demo-decoding test test-fast lint bench bench-cip bench-sami bench-decoding gpu-check clean
 
@@ -30,8 +31,9 @@ data: $(STAMP)
 
 # C-IP 20 Questions with the exact-Bayes predictor: the same job every time (no model needed; < 1 min).
 # The LLM version is one flag away: $(VENV)/bin/cip eval --quick --predictor llm --out_dir runs/demo-llm
+# DEMO_ARGS adds cip eval options (the docs test runs `make demo DEMO_ARGS="--n_games 2 --seeds 0"`).
 demo: $(STAMP)
-	$(VENV)/bin/cip eval --quick --out_dir $(DEMO_OUT) --overwrite true
+	$(VENV)/bin/cip eval --quick --out_dir $(DEMO_OUT) --overwrite true $(DEMO_ARGS)
 
 # The other two methods' main jobs on the embedded / tiny models.
 demo-sami: $(STAMP)
