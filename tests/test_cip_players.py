@@ -206,3 +206,50 @@ def test_ctrl_c_during_calibration_does_not_promise_a_resume(tmp_path, monkeypat
     out = io.StringIO()
     assert play([*FAST, "--transcript", str(tmp_path / "t.json")], stdin=io.StringIO(""), stdout=out) == 130
     assert "calibrates from the beginning" in out.getvalue() and "resume" not in out.getvalue()
+
+
+def test_llm_cost_notice_estimates_from_a_measured_forward():
+    import time
+    from types import SimpleNamespace
+
+    from cmikit.cip.cli import llm_cost_notice
+    from cmikit.cip.conformal import UniformHistorySampler
+
+    kb = KnowledgeBase.load()
+
+    class SlowPredictor:  # 0.05 s per history, like a (fast) LLM forward
+        def predict(self, histories, contexts=None):
+            time.sleep(0.05 * len(histories))
+            return np.full((len(histories), len(kb.classes)), 1 / len(kb.classes))
+
+    setup = SimpleNamespace(predictor=SlowPredictor(), sampler=UniformHistorySampler.from_knowledge_base(kb),
+                            env=SimpleNamespace(kb=kb))
+    cfg = SimpleNamespace(n_cal=10, max_queries=12, max_candidates=None)
+    text = llm_cost_notice(setup, cfg)
+    # 10 x 14 histories at ~0.05 s = ~7 s of calibration; 2 x 40 posteriors per question = ~4 s
+    seconds = float(text.split("calibrating 140 histories takes about ")[1].split(" s")[0])
+    assert 6 <= seconds <= 12 and "40 candidate questions" in text and "cached for the next start" in text
+
+
+@pytest.mark.slow  # ~5 s on an idle machine (a tiny LLM, loaded twice)
+def test_play_with_an_llm_says_what_it_costs_and_caches_its_calibration(tmp_path):
+    from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
+
+    model = tmp_path / "tiny"
+    tiny_causal_lm().save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    kb = KnowledgeBase.load()
+    small = KnowledgeBase(kb.classes[:4], kb.questions[:3], kb.table[:4, :3], name="small")
+    kb_file = small.save(tmp_path / "small.json")
+    args = ["--predictor", "llm", "--model", str(model), "--kb", str(kb_file), "--label_style", "letters",
+            "--n_cal", "9", "--max_queries", "1", "--progress", "false", "--no_learned",
+            "--transcript", str(tmp_path / "t.json")]
+    texts = []
+    for _ in range(2):
+        out = io.StringIO()
+        assert play(args, stdin=io.StringIO("y\nn\nn\nn\n\n"), stdout=out) == 0
+        texts.append(out.getvalue())
+    assert "The LLM predictor costs time on this machine (one forward took" in texts[0]
+    assert "calibrating 27 histories takes about" in texts[0] and "Calibrating conformal thresholds" in texts[0]
+    assert "costs time" not in texts[1] and "Loading cached conformal thresholds" in texts[1]
+    assert "(chose this question in" in texts[0]
