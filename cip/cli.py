@@ -259,7 +259,9 @@ class _Terminal:
             self.say("Answer y (yes) or n (no), or q to quit.")
 
     def confirm(self, guess: str) -> bool | None:
-        return self.yes_no(f"Is it a {guess}? [y/n] ")
+        from cmikit.cip.game import a
+
+        return self.yes_no(f"Is it {a(guess)}? [y/n] ")
 
 
 def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -359,7 +361,7 @@ def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None
 def _teach(term: _Terminal, kb: Any, trace: dict[str, Any], noun: str, opts: PlayConfig,
            user_kb: Path | None) -> dict[str, Any] | None:
     """Ask the item's name and one question that tells it from a guess; save the new row."""
-    from cmikit.cip.game import learn_item, teach_target
+    from cmikit.cip.game import a, learn_item, teach_target
     from cmikit.cip.knowledge import KnowledgeBaseError
 
     name = term.read(f"What {noun} were you thinking of? (Enter to skip) ")
@@ -369,11 +371,11 @@ def _teach(term: _Terminal, kb: Any, trace: dict[str, Any], noun: str, opts: Pla
         term.say(f"{name} is one of the {noun}s I know; some answers must have differed from my table. Not saved.")
         return None
     other = teach_target(trace)
-    question = term.read(f"Give me a yes/no question that tells a {name} from a {other}: ") if other else None
+    question = term.read(f"Give me a yes/no question that tells {a(name)} from {a(other)}: ") if other else None
     answer = None
     if question:
         question = question if question.endswith("?") else question + "?"
-        verdict = term.yes_no(f"For a {name}, the answer to {question!r} is? [y/n] ")
+        verdict = term.yes_no(f"For {a(name)}, the answer to {question!r} is? [y/n] ")
         answer = None if verdict is None else ("Yes." if verdict else "No.")
         if answer is None:
             question = None

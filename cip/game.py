@@ -6,8 +6,9 @@ What a real player does, and what the game does about it (docs/cip.md, "Playing 
 * **"u" (unknown)** adds no evidence and does not advance k: the predictor sees only the informative turns
   and the threshold is tau_k with k = their number (the question is not asked again). Under answers that
   are missing at random this keeps the length-k guarantee; the derivation is in docs/cip.md.
-* **A guess is a question.** When the conformal set is a single item (or the question budget is spent) the
-  game asks "Is it a X?". A "no" rules X out (:class:`cmikit.cip.predictors.OpenWorldPredictor.rejected`)
+* **A guess is a question.** When the conformal set is a single item that is more probable than "none of
+  these" (or the question budget is spent) the game asks "Is it a X?". A "no" rules X out
+  (:class:`cmikit.cip.predictors.OpenWorldPredictor.rejected`)
   and play goes on from the answers so far, up to ``max_guesses`` guesses. A mistaken answer is outvoted
   by the predictor's own answer-noise model; there is no hand-written lie rule.
 * **Items it does not know.** The predictor carries a "none of these" hypothesis; when its probability
@@ -57,10 +58,15 @@ class Player(Protocol):
         """Is the item ``guess``? None to quit."""
 
 
+def a(word: str) -> str:
+    """``word`` with its indefinite article ("a guitar", "an umbrella")."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def describe_empty_set(noun: str) -> str:
     """What an empty conformal set means, in words (the screen never shows "empty")."""
     return (f"no {noun} is likely enough yet for the set: the answers so far fit none of them well "
-            f"(a mistaken answer, or a {noun} I do not know)")
+            f"(a mistaken answer, or {a(noun)} I do not know)")
 
 
 def play_game(agent: Agent, predictor: OpenWorldPredictor, player: Player, settings: GameSettings,
@@ -102,8 +108,9 @@ def play_game(agent: Agent, predictor: OpenWorldPredictor, player: Player, setti
         if leader is None or p_none >= settings.none_threshold:
             return finish("dont_know", "none_of_these")
         out_of_questions = bank_used_up or len(asked) >= settings.max_queries
-        if len(step["set"]) == 1 or out_of_questions:
-            if out_of_questions and p_none > post[leader]:
+        none_leads = p_none > post[leader]
+        if (len(step["set"]) == 1 and not none_leads) or out_of_questions:
+            if none_leads:  # out of questions, and "none of these" explains the answers best
                 return finish("dont_know", "none_of_these")
             if len(guesses) >= settings.max_guesses:
                 return finish("dont_know", "guesses_out")

@@ -42,8 +42,8 @@ class Player(io.StringIO):
         if self.eof_after is not None and self.n >= self.eof_after:
             return ""  # Ctrl-D
         prompt = self.out.getvalue().rsplit("\n", 1)[-1]
-        if prompt.startswith("Is it a "):  # a guess is a question
-            return ("y" if prompt[len("Is it a "):].rsplit("? [", 1)[0] == self.kb.classes[self.label] else "n") + "\n"
+        if prompt.startswith("Is it a"):  # a guess is a question
+            return ("y" if prompt.split(" ", 3)[3].rsplit("? [", 1)[0] == self.kb.classes[self.label] else "n") + "\n"
         question = self.out.getvalue().rsplit("\n", 1)[-1].split(": ", 1)[1].rsplit(" [", 1)[0]
         self.n += 1
         return ("y" if self.kb.answer(self.label, question) == "Yes." else "n") + "\n"
@@ -56,7 +56,7 @@ def test_play_finds_the_item_within_the_limit_and_never_answers_with_an_empty_se
     player = Player(kb, item, out)
     assert play(["--transcript", str(tmp_path / "t.json"), "--progress", "false"], stdin=player, stdout=out) == 0
     text = out.getvalue()
-    assert f"Is it a {item}? [y/n]" in text and f"Got it: {item}" in text
+    assert f" {item}? [y/n]" in text and f"Got it: {item}" in text
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["criterion"] == DEFAULT_CRITERION and saved["predictor"].startswith("table")
     assert saved["prediction"] == item and len(saved["turns"]) <= 20
