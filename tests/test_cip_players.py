@@ -253,3 +253,13 @@ def test_play_with_an_llm_says_what_it_costs_and_caches_its_calibration(tmp_path
     assert "calibrating 27 histories takes about" in texts[0] and "Calibrating conformal thresholds" in texts[0]
     assert "costs time" not in texts[1] and "Loading cached conformal thresholds" in texts[1]
     assert "(chose this question in" in texts[0]
+
+
+def test_learn_into_a_built_in_kb_is_refused_and_help_lists_the_new_options(capsys):
+    assert main(["play", "--learn", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--learn writes learned items into the --kb FILE" in err
+    with pytest.raises(SystemExit):
+        main(["play", "--help"])
+    text = capsys.readouterr().out
+    assert all(f"--{o}" in text for o in ("max_guesses", "none_prior", "none_threshold", "learn", "learned"))
