@@ -466,7 +466,7 @@ ITERATE_IDENTITY = (
     "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "label_smoothing_factor",
     "average_tokens_across_devices", "bf16", "fp16", "tf32", "gradient_checkpointing", "neftune_noise_alpha",
     "seed", "data_seed", "full_determinism", "dataloader_drop_last", "train_sampling_strategy", "use_liger_kernel",
-    "torch_compile", "fsdp", "deepspeed",
+    "torch_compile", "fsdp", "fsdp_config", "deepspeed",
 )
 SECRET_KEYS = ("hub_token",)
 
