@@ -87,11 +87,11 @@ def _explicit_keys(argv: Sequence[str], types: Any = None) -> set[str]:
     return explicit_keys(types or CIPConfig, argv)
 
 
-def _parse(types: Any, argv: Sequence[str], command: str) -> Any:
+def _parse(types: Any, argv: Sequence[str], command: str = "") -> Any:
     """The harness convention (``cmikit.harness.config.parse_config``) for ``cip <command>``."""
     from cmikit.harness.config import parse_config
 
-    return parse_config(types, argv, prog=f"cip {command}")
+    return parse_config(types, argv, prog=f"cip {command}".strip())
 
 
 # --------------------------------------------------------------------------------------------- play
