@@ -8,7 +8,8 @@ dataclass. The convention (docs/harness.md, "The command-line convention"):
 * every field ``x_y`` is ``--x_y`` and ``--x-y`` (``HfArgumentParser``'s spellings); ``--x_y=value`` works too;
 * a boolean is ``--x`` (true), ``--x true|false|1|0|yes|no`` (anything else is refused: ``ture`` must not
   quietly mean false) and ``--no_x`` / ``--no-x`` (false), whatever its default;
-* an optional value (``int | None``) also takes ``none``; a list takes several values (``--seeds 0 1 2``);
+* an optional value (``int | None``) also takes ``none``; a list takes several values (``--seeds 0 1 2``), or
+  one per flag when its field has ``metadata={"repeat": True}`` (``--prompt a --prompt b``);
 * ``--config FILE`` or ``--config=FILE`` reads a YAML mapping of ``key: value`` (``env:`` sets environment
   variables, as ``TrlParser`` does). Its keys become command-line options placed *before* the real ones, so the
   same type conversion and ``choices`` checks apply to both and the command line wins. A key given twice is
@@ -34,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from cmikit.harness.errors import ConfigError
+from cmikit.harness.errors import CmikitError, ConfigError
 
 CONFIG_FLAG = "--config"
 
@@ -144,7 +145,8 @@ class _ParserMixin:
         if field.metadata.get("repeat"):  # --prompt a --prompt b (argparse "append"), a list field
             kwargs = {k: v for k, v in field.metadata.items() if k not in ("repeat", "aliases")}
             names = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
-            parser.add_argument(*names, action="append", default=None, **kwargs)
+            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+            parser.add_argument(*names, action="append", default=default, **kwargs)
             return
         super()._parse_dataclass_field(parser, field)  # type: ignore[misc]
         if self.dashes:  # argparse names an option by its first spelling: the one this command documents
@@ -255,7 +257,9 @@ class _ParserMixin:
                 args=yaml_argv + argv, return_remaining_strings=True, look_for_args_file=False)
         except ConfigError as err:
             raise ConfigError(self._flag_names(str(err))) from None
-        except (ValueError, TypeError) as err:  # __post_init__ checks
+        except CmikitError:  # a data file or model reference checked by __post_init__: already one clear line
+            raise
+        except (ValueError, TypeError) as err:  # other __post_init__ checks
             raise ConfigError(f"Bad configuration: {self._flag_names(str(err))}") from err
         if remaining:
             raise ConfigError(f"Unrecognised arguments: {' '.join(remaining)}")
