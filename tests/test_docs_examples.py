@@ -41,6 +41,7 @@ import re
 import shlex
 import subprocess
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,9 +204,12 @@ def _run_python(where: str, text: str, setup: list[str], skip_lines: list[str], 
         for n in hit:
             lines[n] = lines[n][: len(lines[n]) - len(lines[n].lstrip())] + "pass  # skipped by docs-test"
     source = "\n".join(setup)
-    namespace: dict = {"__name__": "__docs_example__"}
+    # a module of its own, as a script has (dataclasses and pickling look their module up in sys.modules)
+    module = types.ModuleType("__docs_example__")
+    namespace = module.__dict__
     cwd = os.getcwd()
     os.chdir(workdir)
+    sys.modules[module.__name__] = module
     try:
         if source:
             exec(compile(source, f"{where} (docs-test setup)", "exec"), namespace)
@@ -215,6 +219,7 @@ def _run_python(where: str, text: str, setup: list[str], skip_lines: list[str], 
         exec(code, namespace)
     finally:
         os.chdir(cwd)
+        sys.modules.pop(module.__name__, None)
 
 
 def _run_shell(where: str, text: str, setup: list[str], skip_lines: list[str], workdir: Path) -> None:
