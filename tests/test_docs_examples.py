@@ -88,7 +88,8 @@ def find_blocks(path: Path) -> list[Block]:
             k -= 1
         indent = len(m["indent"])
         body = "\n".join(line[indent:] if line[:indent].isspace() else line for line in lines[i + 1:j])
-        blocks.append(Block(f"{path.relative_to(ROOT)}:{i + 1}", m["lang"].lower(), body, markers))
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        blocks.append(Block(f"{name}:{i + 1}", m["lang"].lower(), body, markers))
         i = j + 1
     return blocks
 
@@ -164,6 +165,11 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("block", list(_params()))
 def test_docs_example_runs(block: Block, workdir: Path):
+    run_block(block, workdir)
+
+
+def run_block(block: Block, workdir: Path) -> None:
+    """Run one block as the module docstring says (pytest.skip for a skipped one)."""
     where = block.where
     if block.lang in NOT_CODE:
         assert not block.markers, f"{where}: docs-test markers on a text block (it is never run)"
@@ -300,3 +306,33 @@ def test_names_in_the_prose_exist():
         except (ImportError, AttributeError) as err:
             failed.append(f"{where}: {dotted}: {type(err).__name__}: {err}")
     assert not failed, "\n".join(failed)
+
+
+def test_a_broken_example_fails_naming_its_file_and_line(tmp_path, workdir):
+    """The mechanism itself: a failing command, a failing Python line, a block without a language and a marker
+    that no longer applies each fail with the block's file:line."""
+    doc = tmp_path / "guide.md"
+    doc.write_text("\n".join([
+        "# Guide", "", "```bash", "cmikit data list", "cmikit data fetch nothing-such", "```", "",  # fence at 3
+        "```python", "x = 1", "assert x == 2, 'wrong'", "```", "",  # 8
+        "```", "cip eval --quick", "```", "",  # 13
+        "<!-- docs-test: replace --n_games 9 => --n_games 1 -->", "```bash", "cip eval --help", "```",  # 18
+        "<!-- docs-test: skip-line cip play (interactive) -->", "```bash", "cip eval --help", "```",  # 22
+        "<!-- docs-test: skip (a GPU) -->", "```python", "raise SystemExit(1)", "```",  # 26
+    ]) + "\n")
+    blocks = find_blocks(doc)
+    assert [b.where.rsplit(":", 1)[1] for b in blocks] == ["3", "8", "13", "18", "22", "26"]
+    expected = [r"guide\.md:3: `cmikit data fetch nothing-such` exited 2", None, r"guide\.md:13: .*needs a language",
+                r"guide\.md:18: replace: '--n_games 9' is not in the block",
+                r"guide\.md:22: skip-line: no command starts with 'cip play'"]
+    for block, pattern in zip(blocks[:5], expected):
+        with pytest.raises((AssertionError, pytest.fail.Exception)) as info:
+            run_block(block, workdir)
+        if pattern is None:  # a Python failure keeps its traceback, with the file and the line in the Markdown
+            assert info.value.args[0] == "wrong"
+            tb = [entry for entry in info.traceback if str(entry.path).endswith("guide.md")]
+            assert tb and tb[-1].lineno + 1 == 10, [(str(e.path), e.lineno) for e in info.traceback]
+        else:
+            assert re.search(pattern, str(info.value)), str(info.value)
+    with pytest.raises(pytest.skip.Exception, match=r"guide\.md:26: a GPU"):
+        run_block(blocks[5], workdir)
