@@ -188,6 +188,8 @@ def load_model(
     model_class: str = "causal",
     revision: str | None = None,
     eval_mode: bool = True,
+    quantization_config: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
 ):
     """Load ``ref`` and return ``(model, tokenizer)``.
 
@@ -203,6 +205,9 @@ def load_model(
         model_class: ``causal`` (AutoModelForCausalLM), ``masked`` (AutoModelForMaskedLM) or ``base``
             (AutoModel, what LLaDA/Dream remote code registers).
         eval_mode: put the model in ``eval()`` mode (turn off for training).
+        quantization_config: a ready ``BitsAndBytesConfig`` (e.g. from ``trl.get_quantization_config``), instead
+            of ``load_in_4bit`` / ``load_in_8bit``.
+        model_kwargs: further ``from_pretrained`` keyword arguments (e.g. from a trainer's ``model_init_kwargs``).
 
     Raises:
         ModelLoadError: with a message naming the problem and the fix.
@@ -227,7 +232,10 @@ def load_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     kwargs.update(_device_kwargs(device_map))
-    quant = _quantization_config(load_in_4bit, load_in_8bit, torch_dtype)
+    quant = quantization_config or _quantization_config(load_in_4bit, load_in_8bit, torch_dtype)
+    if quantization_config is not None and (load_in_4bit or load_in_8bit):
+        raise ModelLoadError("Give quantization_config or load_in_4bit / load_in_8bit, not both.")
+    kwargs.update(model_kwargs or {})
     if quant is not None:
         kwargs["quantization_config"] = quant
 
