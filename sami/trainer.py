@@ -345,9 +345,15 @@ class SAMITrainer(Trainer):
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config) or "model"
             args = SAMIConfig(f"{name.rstrip('/').split('/')[-1]}-SAMI")
+        self._base_model_id = None
         if isinstance(model, str):
             from transformers import set_seed
 
+            from cmikit.harness.models import resolve_model_ref
+
+            resolved = resolve_model_ref(model)
+            if resolved.kind in ("hub", "embedded"):
+                self._base_model_id = resolved.path  # the Hub id (also of an alias), for the model card
             set_seed(args.seed)  # a new LoRA adapter's initial weights depend on the seed (as DPOTrainer)
             model, tokenizer = load_policy(model, args, quantization_config)
             processing_class = processing_class or tokenizer
@@ -391,7 +397,7 @@ class SAMITrainer(Trainer):
         telemetry and loss-scaling switches this trainer does not want); the card itself is TRL's."""
         if not self.is_world_process_zero():
             return
-        base = get_config_model_id(self.model.config)
+        base = getattr(self, "_base_model_id", None) or get_config_model_id(self.model.config)
         base_model = base if base and not os.path.isdir(base) else None
         tags = {tags} if isinstance(tags, str) else set(tags or ())
         tags.update(self._tag_names)

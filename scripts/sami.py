@@ -124,6 +124,11 @@ def main(script_args: SAMIScriptArguments, training_args, model_args: ModelConfi
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
+    if script_args.ignore_bias_buffers:  # as trl/scripts/dpo.py: DDP skips boolean buffers
+        import torch
+
+        trainer.model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool]
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if eval_rows is not None:
         metrics = trainer.evaluate()
@@ -133,6 +138,8 @@ def main(script_args: SAMIScriptArguments, training_args, model_args: ModelConfi
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
+        trainer.end()
 
 
 def cli(argv: list[str] | None = None) -> int:
