@@ -38,7 +38,7 @@ import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer
@@ -47,6 +47,10 @@ from trl.trainer.utils import disable_dropout_in_model, generate_model_card, get
 from cmikit.harness.backends import render_prompt
 from cmikit.sami.config import DECAY_PARAMS, LAYOUTS, SCHEDULES, SAMIConfig  # noqa: F401 (re-exported)
 from cmikit.sami.loss import SAMIInputError, reduce_token_logprobs, sami_loss, token_logprobs
+
+if TYPE_CHECKING:
+    from peft import PeftConfig, PeftModel
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 CITATION = textwrap.dedent("""\
     @inproceedings{franken2024sami,
@@ -338,10 +342,11 @@ class SAMITrainer(Trainer):
     _paper = {"title": "Self-Supervised Alignment with Mutual Information: Learning to Follow Principles without "
                        "Preference Labels", "id": "2404.14313", "citation": CITATION}
 
-    def __init__(self, model: Any, args: SAMIConfig | None = None, data_collator: Any = None,
-                 train_dataset: Any = None, eval_dataset: Any = None, processing_class: Any = None,
-                 compute_metrics: Any = None, callbacks: Any = None, optimizers: Any = (None, None),
-                 quantization_config: Any = None, peft_config: Any = None) -> None:
+    def __init__(self, model: str | PreTrainedModel | PeftModel, args: SAMIConfig | None = None,
+                 data_collator: Any = None, train_dataset: Any = None, eval_dataset: Any = None,
+                 processing_class: PreTrainedTokenizerBase | None = None, compute_metrics: Any = None,
+                 callbacks: list | None = None, optimizers: tuple = (None, None),
+                 quantization_config: BitsAndBytesConfig | None = None, peft_config: PeftConfig | None = None) -> None:
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config) or "model"
             args = SAMIConfig(f"{name.rstrip('/').split('/')[-1]}-SAMI")

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(n=4):
-    words = ["sky", "sea", "tree", "rock", "bird", "fish"]
+    words = ["sky", "sea", "tree", "rock", "bird", "fish", "sun", "moon", "rain", "snow"]
     return [{"prompts": [f"Be brief. Q: {words[k]}?\nA:", f"Be long. Q: {words[k]}?\nA:"],
              "responses": [f" {words[k]} is short", f" the {words[k]} is long and wide {k}"]} for k in range(n)]
 
@@ -99,23 +99,31 @@ def _old_padded(self, encoded):
     return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
 
 
-def _three_steps(tmp_path, layout, name):
+# The configuration of tests/test_sami_reference.py's equality test (research-code loop: padded layout, 7 rows,
+# accumulation 3, both quirks, reference schedule, weight decay on all parameters), and the default layout.
+REFERENCE = dict(per_device_train_batch_size=1, gradient_accumulation_steps=3, learning_rate=3e-3,
+                 optim="adamw_torch", layout="padded", lr_zero_first_step=True, last_microbatch_gradient_only=True,
+                 schedule="reference", weight_decay=0.01, weight_decay_params="all")
+SHARED = dict(per_device_train_batch_size=1, learning_rate=3e-3, optim="adamw_torch", layout="shared_prompt")
+
+
+def _three_steps(tmp_path, name, n_rows, settings):
     model = tiny_causal_lm(seed=1)
-    args = _args(tmp_path / name, max_steps=3, per_device_train_batch_size=1, layout=layout, optim="adamw_torch",
-                 learning_rate=3e-3)
-    trainer = SAMITrainer(model, args, train_dataset=datasets.Dataset.from_list(_rows(3)),
+    args = _args(tmp_path / name, max_steps=3, **settings)
+    trainer = SAMITrainer(model, args, train_dataset=datasets.Dataset.from_list(_rows(n_rows)),
                           processing_class=tiny_tokenizer())
     trainer.train()
     return _flat(model), [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
-@pytest.mark.parametrize("layout", ["padded", "shared_prompt"])
-def test_loss_and_weights_after_three_steps_equal_the_former_implementation(tmp_path, monkeypatch, layout):
-    new_w, new_loss = _three_steps(tmp_path, layout, "new")
+@pytest.mark.parametrize(("n_rows", "settings"), [(7, REFERENCE), (3, SHARED)], ids=["reference", "shared_prompt"])
+def test_loss_and_weights_after_three_steps_equal_the_former_implementation(tmp_path, monkeypatch, n_rows,
+                                                                            settings):
+    new_w, new_loss = _three_steps(tmp_path, "new", n_rows, settings)
     with monkeypatch.context() as m:
         m.setattr(trainer_mod, "token_logprobs", _old_token_logprobs)
         m.setattr(SAMIDataCollator, "_padded", _old_padded)
-        old_w, old_loss = _three_steps(tmp_path, layout, "old")
+        old_w, old_loss = _three_steps(tmp_path, "old", n_rows, settings)
     assert len(new_loss) == 3 and new_loss == old_loss
     assert (new_w - old_w).abs().max().item() == 0.0
     assert (new_w - _flat(tiny_causal_lm(seed=1))).abs().max() > 1e-4  # the steps did move the weights
