@@ -477,10 +477,16 @@ class SAMITrainer(Trainer):
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: Any = None):
+        """Loss; for ``compute_metrics`` also the [B, C, C] log-prob matrix as predictions and the diagonal as labels
+        (``label_ids[b, i] = i``: constitution i's own response is response i)."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only or self.compute_metrics is None:
+            return loss.detach(), None, None
+        matrix = outputs["logprob_matrix"].detach()
+        labels = torch.arange(matrix.shape[-1], device=matrix.device).expand(matrix.shape[:-1])
+        return loss.detach(), matrix, labels
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

@@ -64,6 +64,30 @@ def test_dpo_style_construction_loads_model_and_tokenizer_and_trains_lora(tmp_pa
     assert "mi_bound" in next(h for h in trainer.state.log_history if "loss" in h)
 
 
+def test_compute_metrics_gets_the_logprob_matrix_and_diagonal_labels(tmp_path):
+    seen = {}
+
+    def metrics(pred):
+        seen["shapes"] = (pred.predictions.shape, pred.label_ids.shape)
+        seen["labels"] = pred.label_ids
+        seen["predictions"] = pred.predictions
+        return {"diag_acc": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+    rows = datasets.Dataset.from_list(_rows(3))
+    trainer = SAMITrainer(tiny_causal_lm(seed=2), _args(tmp_path), eval_dataset=rows, train_dataset=rows,
+                          processing_class=tiny_tokenizer(), compute_metrics=metrics)
+    out = trainer.evaluate()
+    assert seen["shapes"] == ((3, 2, 2), (3, 2))
+    assert (seen["labels"] == [[0, 1]] * 3).all()
+    from cmikit.sami.trainer import logprob_matrix
+
+    with torch.no_grad():
+        expected, _ = logprob_matrix(trainer.model.eval(), trainer.data_collator([rows[i] for i in range(3)]))
+    assert torch.allclose(torch.as_tensor(seen["predictions"]), expected, atol=1e-5)
+    assert out["eval_diag_acc"] == float((expected.argmax(-1) == torch.arange(2)).float().mean())
+    assert "eval_mi_bound" in trainer.state.log_history[-1]  # SAMI's metrics are logged, as DPO's
+
+
 def test_model_init_kwargs_reach_the_model_loaded_from_a_string(tmp_path, model_dir):
     args = _args(tmp_path, model_init_kwargs={"dtype": "bfloat16", "attn_implementation": "eager"})
     trainer = SAMITrainer(str(model_dir), args=args, train_dataset=datasets.Dataset.from_list(_rows()))
