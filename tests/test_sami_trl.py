@@ -240,3 +240,29 @@ def test_scripts_sami_bad_data_is_one_error_line(tmp_path, model_dir, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: ") and "constitution" in err[-1]
+
+
+def test_quantization_config_needs_a_model_loaded_from_a_string(tmp_path):
+    from transformers import BitsAndBytesConfig
+
+    from cmikit.sami.loss import SAMIInputError
+
+    rows = datasets.Dataset.from_list(_rows(2))
+    with pytest.raises(SAMIInputError, match="loaded from a string"):
+        SAMITrainer(tiny_causal_lm(), _args(tmp_path), train_dataset=rows, processing_class=tiny_tokenizer(),
+                    quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+
+
+def test_iterate_yaml_keys_still_parse_trust_remote_code_now_in_samiconfig():
+    from cmikit.harness.config import parse_config
+    from cmikit.sami.iterate import IterateConfig
+
+    cfg, args = parse_config((IterateConfig, SAMIConfig), ["--config", str(ROOT / "configs/sami/smollm2-demo.yaml"),
+                                                           "--trust_remote_code", "true"])
+    assert args.trust_remote_code is True and not hasattr(cfg, "trust_remote_code")
+    assert cfg.use_lora  # the demo's LoRA keys become a LoraConfig through trl's ModelConfig + get_peft_config
+    from cmikit.sami.iterate import ExpertIteration
+
+    peft = ExpertIteration.peft_config(type("Loop", (), {"cfg": cfg})())
+    assert (peft.r, peft.lora_alpha, sorted(peft.target_modules)) == (
+        cfg.lora_r, cfg.lora_alpha, sorted(cfg.lora_target_modules))
