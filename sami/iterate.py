@@ -454,6 +454,7 @@ ITERATE_IDENTITY = (
     # SAMIConfig's own fields
     "logprob_reduction", "mask_eos", "max_completion_length", "layout", "pad_to_multiple_of", "model_dtype",
     "disable_dropout", "lr_zero_first_step", "last_microbatch_gradient_only", "schedule", "weight_decay_params",
+    "model_init_kwargs",  # dtype, attn_implementation, revision of the model loaded for training
     # TrainingArguments: optimisation, schedule, precision, batching, seeds
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
     "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args", "optim_target_modules",
