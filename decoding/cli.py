@@ -1,9 +1,10 @@
 """``dlm-decode``: decode with a masked diffusion LM, benchmark the strategies, train the tiny DLM.
 
-    dlm-decode generate --model llada-8b-instruct --trust-remote-code --prompt "..." --strategy ccd
+    dlm-decode generate --model llada-8b-instruct --prompt "..." --strategy ccd --cache dual
     dlm-decode generate --model tiny --prompt "abcdefghabcdefghabcdefgh,abcdefghabcdefghabcdefga=" --gen-length 24 --strategy ccd
     dlm-decode bench [--quick] [--out bench_out] [--parts cache] [--overwrite]
     dlm-decode train-tiny [--steps 3000] [--output DIR]
+    dlm-decode convert GSAI-ML/LLaDA-8B-Instruct llada-native/   (or a downloaded folder; also Dream)
 
 Every user error (a bad option value, unequal prompts, a run folder made with other settings) ends as one line
 ``error: ...`` with exit code 2, found before any model loads where it can be.
@@ -232,6 +233,14 @@ def _train_tiny(args: argparse.Namespace, extra: list[str]) -> None:
     print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), ASSET_DIR)}")
 
 
+def _convert(args: argparse.Namespace) -> None:
+    """Write a released LLaDA / Dream checkpoint as a native transformers one (:mod:`cmikit.harness.native_dlm`)."""
+    from cmikit.harness.native_dlm import checkpoint_folder, convert_checkpoint
+
+    summary = convert_checkpoint(checkpoint_folder(args.src), args.dst, overwrite=args.overwrite)
+    print(json.dumps(summary))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dlm-decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default="tiny", help="'tiny' (the trained tiny DLM), a registry alias, Hub id or folder")
     gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
     gen.add_argument("--trust-remote-code", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                     help="run the checkpoint's own modelling code (needed for LLaDA / Dream); default: false")
+                     help="run the checkpoint's own modelling code (LLaDA / Dream load natively without it); default: false")
     gen.add_argument("--dtype", default="auto")
     gen.add_argument("--chat", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
                      help="wrap prompts in the tokenizer's chat template")
@@ -277,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
                        default=["copy-one-of-two", "one-class-upper"],
                        help="tiny-DLM tasks to benchmark (default: both; --model-path replaces the first one's model)")
 
+    conv = sub.add_parser("convert", help="write a released LLaDA / Dream checkpoint once as a native "
+                                          "LlamaForCausalLM / Qwen2ForCausalLM one (loads without remote code)")
+    conv.add_argument("src", help="downloaded checkpoint folder, registry alias (llada-8b-instruct, "
+                                  "dream-7b-instruct) or Hub id")
+    conv.add_argument("dst", help="output folder (safetensors shards, config.json, tokenizer files)")
+    conv.add_argument("--overwrite", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                      help="replace a non-empty output folder")
+
     sub.add_parser("train-tiny", help="train the tiny DLM (runs scripts/train_tiny_dlm.py; pass its flags after)",
                    add_help=False)
     return parser
@@ -291,6 +308,8 @@ def _main(argv: list[str]) -> int:
         _generate(args)
     elif args.command == "bench":
         _bench(args)
+    elif args.command == "convert":
+        _convert(args)
     return 0
 
 
