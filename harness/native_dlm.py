@@ -275,30 +275,27 @@ def is_native_diffusion(model) -> bool:
 
 
 # -- tokenizer -----------------------------------------------------------------------------------------------------
-def _known_tokenizer_class(name: str | None) -> bool:
+def _tokenizer_class(name: str | None):
+    """transformers' tokenizer class called ``name``, or ``None`` (no name, or a class only remote code has)."""
     if not name:
-        return True
+        return None
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
     try:
-        return tokenizer_class_from_name(name) is not None
+        return tokenizer_class_from_name(name)
     except Exception:  # noqa: BLE001 - any lookup failure means "not a transformers class"
-        return False
+        return None
 
 
 def load_tokenizer(source: str, **kwargs):
-    """The checkpoint's tokenizer without its remote code: ``AutoTokenizer`` when the tokenizer class is
-    transformers' own, else the fast tokenizer from ``tokenizer.json`` (Dream's ``DreamTokenizer`` is a copy of
-    Qwen2's, whose ``tokenizer.json`` ships beside it)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """The checkpoint's tokenizer without its remote code: the class its ``tokenizer_config.json`` names when
+    transformers has it, else the fast tokenizer from ``tokenizer.json`` (Dream's ``DreamTokenizer`` is a copy
+    of Qwen2's, whose ``tokenizer.json`` ships beside it). Not ``AutoTokenizer``: it would read the released
+    ``config.json``, whose model type transformers does not know."""
+    from transformers import PreTrainedTokenizerFast
 
-    config = _tokenizer_config(source, kwargs.get("revision"))
-    if _known_tokenizer_class(config.get("tokenizer_class")):
-        try:
-            return AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
-        except ValueError:
-            pass
-    return PreTrainedTokenizerFast.from_pretrained(source, **kwargs)
+    cls = _tokenizer_class(_tokenizer_config(source, kwargs.get("revision")).get("tokenizer_class"))
+    return (cls or PreTrainedTokenizerFast).from_pretrained(source, **kwargs)
 
 
 def _tokenizer_config(source: str, revision: str | None = None) -> dict[str, Any]:
@@ -308,7 +305,7 @@ def _tokenizer_config(source: str, revision: str | None = None) -> dict[str, Any
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(source, "tokenizer_config.json", revision=revision))
-        except Exception:  # noqa: BLE001 - no tokenizer config reachable: let AutoTokenizer report it
+        except Exception:  # noqa: BLE001 - no tokenizer config reachable: from_pretrained reports it
             return {}
     try:
         return json.loads(path.read_text())
@@ -338,7 +335,7 @@ def _weight_files(src: Path) -> tuple[list[str], dict[str, Any] | None]:
 def _clean_tokenizer_config(path: Path) -> None:
     data = json.loads(path.read_text())
     data.pop("auto_map", None)
-    if not _known_tokenizer_class(data.get("tokenizer_class")):
+    if data.get("tokenizer_class") and _tokenizer_class(data["tokenizer_class"]) is None:
         data["tokenizer_class"] = "PreTrainedTokenizerFast"
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
