@@ -150,16 +150,25 @@ def test_native_logits_equal_an_independent_forward(loaded, released, fmt, attn)
         model.config._attn_implementation = "sdpa"
 
 
+def _patch_remote_loader(monkeypatch, replacement) -> None:
+    """Replace transformers' remote-code loader everywhere it was imported by name (the auto classes hold their
+    own reference)."""
+    import importlib
+
+    for name in ("auto_factory", "configuration_auto", "modeling_auto", "tokenization_auto"):
+        importlib.import_module(f"transformers.models.auto.{name}")  # loaded before patching, not after
+    for name, module in list(sys.modules.items()):
+        if name.startswith("transformers") and hasattr(module, "get_class_from_dynamic_module"):
+            monkeypatch.setattr(module, "get_class_from_dynamic_module", replacement)
+
+
 def test_no_auto_map_class_is_imported_on_the_default_path(tmp_path, monkeypatch):
     """Target: 0 remote-code executions. Any import of an auto_map module trips its tripwire file; transformers'
     dynamic-module loader is also made to fail loudly."""
-    import transformers.dynamic_module_utils as dynamic
-
     def forbidden(*args, **kwargs):
         raise AssertionError(f"remote code requested: {args}")
 
-    monkeypatch.setattr(dynamic, "get_class_from_dynamic_module", forbidden)
-    monkeypatch.setattr(dynamic, "get_cached_module_file", forbidden)
+    _patch_remote_loader(monkeypatch, forbidden)
     for fmt in FORMATS:
         folder = tiny_released_checkpoint(fmt, tmp_path / fmt)
         model, tokenizer = load_model(str(folder), device_map="cpu")
@@ -294,3 +303,16 @@ def test_gpu_check_native_throughput_dry_run(tmp_path):
             assert rows["none"]["nfe"] == rows["prefix"]["nfe"] == rows["dual"]["nfe"] == 16
             positions = [rows[m]["positions_per_sequence"] for m in MODES]
             assert positions[0] > positions[1] > positions[2]
+
+
+def test_remote_code_path_stays_available_behind_the_flag(released, monkeypatch):
+    """trust_remote_code=True hands the folder to transformers' remote-code loader (stopped here before it runs)."""
+    class Reached(Exception):
+        pass
+
+    def reached(class_reference, *args, **kwargs):
+        raise Reached(class_reference)
+
+    _patch_remote_loader(monkeypatch, reached)
+    with pytest.raises(Reached, match="configuration_llada.LLaDAConfig"):
+        load_model(str(released["llada"]), trust_remote_code=True, device_map="cpu")
