@@ -373,6 +373,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False
         tensors = {}
         with safe_open(src / name, framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                if key.endswith("rotary_emb.inv_freq"):  # a buffer some exports save; recomputed from the config
+                    continue
                 tensors[native_name(key, fmt)] = f.get_tensor(key)
         for key, tensor in tensors.items():
             weight_map[key] = name

@@ -316,3 +316,19 @@ def test_remote_code_path_stays_available_behind_the_flag(released, monkeypatch)
     _patch_remote_loader(monkeypatch, reached)
     with pytest.raises(Reached, match="configuration_llada.LLaDAConfig"):
         load_model(str(released["llada"]), trust_remote_code=True, device_map="cpu")
+
+
+def test_a_parameter_that_does_not_map_is_an_error_not_a_random_weight(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tiny_released_checkpoint("llada", tmp_path / "llada", layers=1)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shard = folder / index["weight_map"]["model.transformer.blocks.0.up_proj.weight"]
+    tensors = load_file(str(shard))
+    tensors["model.transformer.blocks.0.mystery_proj.weight"] = tensors.pop("model.transformer.blocks.0.up_proj.weight")
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    index["weight_map"]["model.transformer.blocks.0.mystery_proj.weight"] = shard.name
+    del index["weight_map"]["model.transformer.blocks.0.up_proj.weight"]
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="did not map.*up_proj"):
+        load_model(str(folder), device_map="cpu")
