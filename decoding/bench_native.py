@@ -51,8 +51,11 @@ def shaped_model(fmt: str, device: str | torch.device, dtype: torch.dtype, tiny:
                    "eos_token_id": 510, "bos_token_id": 509, "pad_token_id": 510})
         raw.update(shrink)
     config = native_config(raw)
+    torch.manual_seed(0)
     with torch.device(device):
         model = native_class(fmt)._from_config(config, dtype=dtype)
+    with torch.no_grad():  # random logits must not crown [MASK] itself (a step would then commit nothing)
+        model.get_output_embeddings().weight[config.mask_token_id] = 0
     set_bidirectional(model)
     return model.eval()
 
