@@ -261,6 +261,14 @@ class ConvertOptions:
 def _convert(argv: Sequence[str]) -> int:
     """``dlm-decode convert SRC DST``: the native checkpoint of a released LLaDA / Dream one
     (:mod:`cmikit.harness.native_dlm`)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: dlm-decode convert SRC DST [--overwrite]\n\n"
+              "Write a released LLaDA / Dream checkpoint (SRC: a downloaded folder, alias or Hub id; Hub\n"
+              "downloads skip *.py) once as transformers' own LlamaForCausalLM / Qwen2ForCausalLM into DST:\n"
+              "safetensors shards with native names, a config.json that loads without remote code, the\n"
+              "tokenizer files without auto_map.\n\n"
+              "  --overwrite   replace a non-empty DST")
+        return 0
     positional = [a for a in argv if not a.startswith("-")]
     if len(positional) != 2 or list(argv[:2]) != positional:
         raise ConfigError("usage: dlm-decode convert SRC DST [--overwrite]: SRC is a downloaded LLaDA / Dream "
