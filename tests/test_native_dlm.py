@@ -333,3 +333,21 @@ def test_a_parameter_that_does_not_map_is_an_error_not_a_random_weight(tmp_path)
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ModelLoadError, match="did not map.*up_proj"):
         load_model(str(folder), device_map="cpu")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_peft_applies_to_the_native_model(loaded, fmt):
+    """The native class takes a LoRA on its standard module names (remote code names differ per model)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = loaded[fmt]
+    ids = torch.tensor([[9, 20, 33, 41, 12]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj", "gate_proj"]))
+    try:
+        assert lora.get_nb_trainable_parameters()[0] > 0
+        with torch.no_grad():
+            assert torch.allclose(lora(input_ids=ids).logits, before, atol=1e-6)  # LoRA starts as the identity
+    finally:
+        lora.unload()
