@@ -109,7 +109,7 @@ def test_bad_knowledge_bases_and_answers(tmp_path):
         KnowledgeBase.from_dict({"questions": ["q"], "classes": [], "answers": {}})
     with pytest.raises(KnowledgeBaseError, match="lacks the key 'answers'"):
         KnowledgeBase.from_dict({"questions": ["q"], "classes": ["a"]})
-    with pytest.raises(KnowledgeBaseError, match="must be 2 values of 0 or 1"):
+    with pytest.raises(KnowledgeBaseError, match="must be 2 values of 0, 1 or null"):
         KnowledgeBase.from_dict({"questions": ["q", "r"], "classes": ["a"], "answers": {"a": [1, 2]}})
     with pytest.raises(KnowledgeBaseError, match="not found"):
         KnowledgeBase.load(tmp_path / "nope.json")
