@@ -11,7 +11,6 @@ A history is a tuple of :class:`Turn` (question, answer); the predictor conditio
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,9 @@ KB_ALIASES = {"everyday": DEFAULT_KB, "default": DEFAULT_KB, "awa2": None}  # No
 YES, NO, UNKNOWN = "Yes.", "No.", "I don't know."
 ANSWER_WORDS = {"y": YES, "yes": YES, "n": NO, "no": NO, "u": UNKNOWN, "unknown": UNKNOWN, "?": UNKNOWN,
                 "dont know": UNKNOWN, "don't know": UNKNOWN, "idk": UNKNOWN}
+
+
+KB_WHAT = 'knowledge base {"questions": [...], "classes": [...], "answers": {class: [0/1 per question]}}'
 
 
 class KnowledgeBaseError(DataFileError):
@@ -112,44 +114,30 @@ class KnowledgeBase:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], name: str = "") -> KnowledgeBase:
-        for key in ("questions", "classes", "answers"):
-            if key not in data:
-                raise KnowledgeBaseError(
-                    f"Knowledge base {name} lacks the key {key!r}; expected "
-                    '{"questions": [...], "classes": [...], "answers": {class: [0/1 per question]}}.'
-                )
-        classes, questions, answers = list(data["classes"]), list(data["questions"]), data["answers"]
-        if not classes:
-            raise KnowledgeBaseError(f"Knowledge base {name} is empty (no classes); add items and their answers.")
-        rows = []
-        for c in classes:
-            if c not in answers:
-                raise KnowledgeBaseError(f"Knowledge base {name}: class {c!r} has no row in 'answers'.")
-            row = answers[c]
-            if len(row) != len(questions) or any(v not in (0, 1) for v in row):
-                raise KnowledgeBaseError(f"Knowledge base {name}: the answers of {c!r} must be {len(questions)} "
-                                         f"values of 0 or 1 (one per question), got {len(row)}.")
-            rows.append(row)
-        return cls(classes, questions, np.asarray(rows), source=str(data.get("source", "")), name=name)
+        """A knowledge base from its JSON object, checked by :class:`cmikit.harness.schemas.KnowledgeBaseFile`
+        (errors name ``name``, the JSON path, the value found and what is allowed)."""
+        from cmikit.harness.schemas import KnowledgeBaseFile, validate
+
+        try:
+            kb = validate(KnowledgeBaseFile, data, name or "knowledge base", what=KB_WHAT)
+        except DataFileError as err:
+            raise KnowledgeBaseError(str(err)) from None
+        rows = np.asarray([kb.answers[c] for c in kb.classes])
+        return cls(list(kb.classes), list(kb.questions), rows, source=kb.source, name=name)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> KnowledgeBase:
         """Load a knowledge base from a JSON path or an alias (``everyday`` = the default, ``awa2``)."""
+        from cmikit.harness.schemas import parse_json, read_text
+
         path = resolve_kb_path(path)
         if not path.is_file():
             raise KnowledgeBaseError(f"Knowledge base file not found: {path}. Pass a JSON file in the AwA2 format "
                                      f"or one of the aliases {sorted(KB_ALIASES)}.")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise KnowledgeBaseError(f"Knowledge base {path} is not UTF-8 text (byte {err.start}); save it as "
-                                     "UTF-8 JSON.") from err
-        except json.JSONDecodeError as err:
-            raise KnowledgeBaseError(f"Knowledge base {path} is not valid JSON: {err.msg} at line {err.lineno} "
-                                     f"column {err.colno}.") from err
-        if not isinstance(data, dict):
-            raise KnowledgeBaseError(f"Knowledge base {path} must hold a JSON object with questions, classes and "
-                                     f"answers, got {type(data).__name__}.")
+            data = parse_json(read_text(path, "knowledge base"), path, KB_WHAT)
+        except DataFileError as err:
+            raise KnowledgeBaseError(str(err)) from None
         return cls.from_dict(data, name=str(path))
 
     def answer(self, label: int, question: str) -> str:

@@ -227,9 +227,9 @@ def _train_tiny(args: argparse.Namespace, extra: list[str]) -> None:
         spec.loader.exec_module(module)
         module.main(extra)
         return
-    from cmikit.decoding.tiny_dlm import ASSET_DIR, TinyDLMTrainConfig, train_tiny_dlm
+    from cmikit.decoding.tiny_dlm import TinyDLMTrainConfig, cache_dir, train_tiny_dlm
 
-    print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), ASSET_DIR)}")
+    print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), cache_dir())}")  # never into the installed package
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cmikit.harness.errors import ConfigError
+from cmikit.harness.schemas import cut
 
 
 def _field_names(types: Sequence[type]) -> dict[str, type]:
@@ -33,16 +32,19 @@ def _field_names(types: Sequence[type]) -> dict[str, type]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping (:func:`cmikit.harness.schemas.load_yaml`: UTF-8, bounded after alias
+    expansion, a mapping of string keys); any problem is a one-line :class:`ConfigError` naming the file."""
+    from cmikit.harness.errors import DataFileError
+    from cmikit.harness.schemas import ConfigMapping
+    from cmikit.harness.schemas import load_yaml as load_checked_yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config file {path} must hold a mapping of key: value, got {type(data).__name__}.")
-    return data
+        return load_checked_yaml(path, ConfigMapping, what="YAML config (a mapping of key: value)")
+    except DataFileError as err:
+        raise ConfigError(f"Config file {err}") from None
 
 
 def _yaml_to_argv(data: dict[str, Any], allowed: dict[str, type], source: str) -> list[str]:
@@ -52,7 +54,8 @@ def _yaml_to_argv(data: dict[str, Any], allowed: dict[str, type], source: str) -
             close = difflib.get_close_matches(str(key), list(allowed), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
-                f"Unknown key {key!r} (value {value!r}) in {source}.{hint} Allowed keys: {', '.join(sorted(allowed))}."
+                f"Unknown key {cut(key, 40)} (value {cut(value)}) in {source}.{hint} Allowed keys: "
+                f"{', '.join(sorted(allowed))}."
             )
         if value is None:
             continue  # null in YAML: keep the dataclass default

@@ -93,6 +93,8 @@ def check_common(cfg: Any) -> None:
     for key in ("batch_size", "generation_batch_size", "eval_batch_size", "n_heldout", "lora_r", "lora_alpha"):
         if has(key):
             check_at_least(key, getattr(cfg, key), 1)
+    if has("seed"):
+        check_at_least("seed", cfg.seed, 0)
     if has("lora_dropout"):
         check_range("lora_dropout", cfg.lora_dropout, 0.0, 1.0, high_open=True)
     if has("constitutions") and cfg.constitutions != "builtin":

@@ -1,7 +1,7 @@
 """Train a tiny LLaDA-style diffusion LM used by `dlm-decode bench` (deterministic: same arguments, same weights).
 
-    python scripts/train_tiny_dlm.py                                  # copy-one-of-two -> decoding/assets/tiny-copy-dlm
-    python scripts/train_tiny_dlm.py --task-name one-class-upper      # -> decoding/assets/tiny-case-dlm
+    python scripts/train_tiny_dlm.py                                  # copy-one-of-two -> $CMIKIT_CACHE/decoding/tiny-copy-dlm
+    python scripts/train_tiny_dlm.py --task-name one-class-upper      # -> $CMIKIT_CACHE/decoding/tiny-case-dlm
     python scripts/train_tiny_dlm.py --output DIR --steps 500
 
 Each task has its shipped settings (cmikit.decoding.tiny_dlm.TASK_TRAIN_SETTINGS); flags override them. Budget on
@@ -20,7 +20,8 @@ from cmikit.decoding.tiny_dlm import (  # noqa: E402
     DEFAULT_TASK,
     TASK_TRAIN_SETTINGS,
     TinyDLMTrainConfig,
-    asset_dir,
+    cache_dir,
+    check_output_dir,
     train_config_for,
     train_tiny_dlm,
 )
@@ -32,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     task = pre.parse_known_args(argv)[0].task_name
     defaults = dataclasses.asdict(train_config_for(task))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(asset_dir(task)), help="checkpoint folder (default: %(default)s)")
+    parser.add_argument("--output", default=str(cache_dir(task)),
+                        help="checkpoint folder (default: %(default)s; never inside the package: copy a checkpoint "
+                             "into decoding/assets yourself to ship it)")
     for f in dataclasses.fields(TinyDLMTrainConfig):
         kwargs = {"choices": sorted(TASK_TRAIN_SETTINGS)} if f.name == "task_name" else {}
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=defaults[f.name],
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = TinyDLMTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TinyDLMTrainConfig)})
+    check_output_dir(args.output)
     out = train_tiny_dlm(cfg, args.output)
     print(f"saved {out}")
 
