@@ -21,7 +21,6 @@ import ast
 import json
 import math
 import re
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -393,13 +392,27 @@ JudgedRow = tuple[Win, NonNegativeFinite, NonNegativeFinite]
 JudgedRows = Annotated[list[JudgedRow], Field(min_length=1)]
 
 
-class Judgement(Open):
-    """One judged pair as the judge writes it (``judgements.jsonl`` / records)."""
+# ------------------------------------------------------------------------- C-IP conformal thresholds
+def _history_length(value: str) -> str:
+    if not value.isdigit():
+        raise ValueError("must be a history length k (0, 1, 2, ...)")
+    return value
 
-    id: Id
-    win: Win | None = None
-    len_candidate: NonNegativeFinite | None = None
-    len_baseline: NonNegativeFinite | None = None
+
+class ThresholdsFile(Open):
+    """``cip calibrate``'s thresholds file: per history length k, the calibration scores ``-f(S_k)_y`` (minus
+    a probability, so in [-1, 0]) at miscoverage ``alpha`` in (0, 1), for a label set."""
+
+    alpha: Annotated[Probability, Field(gt=0, lt=1)]
+    scores: Annotated[dict[Annotated[StrictStr, AfterValidator(_history_length)],
+                           Annotated[list[Annotated[FiniteFloat, Field(ge=-1 - 1e-6, le=1e-6)]], Field(min_length=1)]],
+                      Field(min_length=1)]
+    labels: Annotated[UniqueStrs, Field(min_length=2)]
+    quantile_rule: Literal["finite-sample", "plain"] = "finite-sample"
+    set_rule: Literal[">=", ">"] = ">="
+    model: StrictStr = ""
+    seed: Seed = 0
+    metadata: dict[StrictStr, Any] = {}
 
 
 # ---------------------------------------------------------------------------------------- MediQ
@@ -555,8 +568,3 @@ def check_model_folder(folder: str | Path, adapter: bool = False) -> dict[str, A
 
 # ----------------------------------------------------------------------------------- YAML configs
 ConfigMapping = dict[StrictStr, Any]
-
-
-def checked(schema: Any, what: str) -> Callable[[Any, str | Path | None], Any]:
-    """A one-argument validator for ``schema`` (for readers that get data from elsewhere)."""
-    return lambda data, path=None: validate(schema, data, path, what=what)

@@ -34,6 +34,10 @@ def _kb(**change) -> str:
     return json.dumps({**GOOD_KB, **change})
 
 
+def _th(**change) -> str:
+    return json.dumps({"alpha": 0.1, "scores": {"0": [-0.5, -0.2]}, "labels": GOOD_KB["classes"], **change})
+
+
 def _mediq(bad_row: str | bytes) -> dict[str, str | bytes]:
     files: dict[str, str | bytes] = {f"mediq/splits/neurology/split0_{r}.csv": MEDIQ_HEADER + MEDIQ_GOOD
                                      for r in ("train", "cal")}
@@ -199,6 +203,15 @@ CASES: dict[str, tuple[str, list[str], dict[str, str | bytes], list[str]]] = {
     "manifest-a-list": ("cmikit", DATA_LIST, {"manifest.json": "[]"}, ["manifest.json"]),
     "manifest-file-url": ("cmikit", DATA_LIST, {"manifest.json": _file_entry(url="file:///etc/passwd")},
                           ["manifest.json", "url"]),
+    # ---- conformal thresholds files
+    "thresholds-alpha-2": ("cip", [*CIP_KB, "--thresholds", "{d}/th.json"], {"kb.json": _kb(), "th.json": _th(
+        alpha=2)}, ["th.json", "alpha", "2"]),
+    "thresholds-nan-score": ("cip", [*CIP_KB, "--thresholds", "{d}/th.json"], {"kb.json": _kb(), "th.json": _th(
+        scores={"0": [-0.5, "NaN"]}).replace('"NaN"', "NaN")}, ["th.json", "NaN"]),
+    "thresholds-score-above-0": ("cip", [*CIP_KB, "--thresholds", "{d}/th.json"], {"kb.json": _kb(), "th.json": _th(
+        scores={"0": [3.5]})}, ["th.json", "scores.0[0]", "3.5"]),
+    "thresholds-length-not-a-number": ("cip", [*CIP_KB, "--thresholds", "{d}/th.json"], {"kb.json": _kb(),
+                                       "th.json": _th(scores={"k": [-0.5]})}, ["th.json", "scores", "history length"]),
     # ---- run folders
     "run-json-a-list": ("cip", CIP_EVAL, {"out/run.json": "[]", "out/records.jsonl": ""}, ["run.json", "mv"]),
     "run-json-foreign-overwrite": ("cip", [*CIP_EVAL, "--overwrite", "true"], {
