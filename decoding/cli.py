@@ -123,7 +123,7 @@ def _tiny_context() -> int | None:
         if path.is_file():
             try:
                 return int(json.loads(path.read_text()).get("max_position_embeddings"))
-            except (OSError, ValueError, TypeError):
+            except (OSError, ValueError, TypeError, AttributeError):  # junk in the cache: checked at load
                 return None
     return None
 

@@ -91,7 +91,10 @@ def json_path(loc: tuple[Any, ...]) -> str:
 
 _PHRASES = [("Input should be a valid ", "must be a "), ("Input should be ", "must be "),
             ("Value error, ", ""), ("Assertion failed, ", ""), ("Field required", "is required"),
-            ("Extra inputs are not permitted", "is not an allowed key")]
+            ("Extra inputs are not permitted", "is not an allowed key"), (" after validation", ""),
+            ("Value should have", "must have"), ("List should have", "must have"),
+            ("Dictionary should have", "must have"), ("Tuple should have", "must have"),
+            ("String should have", "must have"), ("String should match pattern", "must match the pattern")]
 
 
 def _allowed(message: str) -> str:
