@@ -107,11 +107,14 @@ def describe_error(err: ValidationError) -> str:
     """The first problem of a pydantic error as ``at <path>: found <value>; <what is allowed>``."""
     problems = err.errors(include_url=False, include_context=False)
     first = problems[0]
-    where = json_path(tuple(first.get("loc", ())))
-    found = "nothing" if first.get("type") == "missing" else cut(first.get("input"))
+    loc = tuple(first.get("loc", ()))
     more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    if first.get("type") == "missing" and loc:
+        parent = json_path(loc[:-1])
+        return f"{'at ' + parent + ': ' if parent else ''}the key {str(loc[-1])!r} is required{more}"
+    where = json_path(loc)
     head = f"at {where}: " if where else ""
-    return f"{head}found {found}; {_allowed(str(first.get('msg', 'not allowed')))}{more}"
+    return f"{head}found {cut(first.get('input'))}; {_allowed(str(first.get('msg', 'not allowed')))}{more}"
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -327,9 +330,9 @@ class KnowledgeBaseFile(Open):
     def _rows(self) -> KnowledgeBaseFile:
         for name in self.classes:
             if name not in self.answers:
-                raise ValueError(f"class {cut(name, 40)} has no row in answers")
+                raise ValueError(f"class {name[:40]!r} has no row in answers")
             if len(self.answers[name]) != len(self.questions):
-                raise ValueError(f"answers of {cut(name, 40)} must be {len(self.questions)} values of 0 or 1 "
+                raise ValueError(f"answers of {name[:40]!r} must be {len(self.questions)} values of 0 or 1 "
                                  f"(one per question), got {len(self.answers[name])}")
         return self
 
