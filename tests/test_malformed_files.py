@@ -189,6 +189,10 @@ CASES: dict[str, tuple[str, list[str], dict[str, str | bytes], list[str]]] = {
                                ["model.safetensors"]),
     "model-config-auto-map-a-list": ("sami", [*EVALUATE[:1], "--model", "{d}/m", "--out_dir", "{d}/out"],
                                      {"m/config.json": '{"auto_map": [1]}'}, ["config.json", "auto_map"]),
+    "adapter-pickled-weights-only": ("sami", [*EVALUATE, "--adapter", "{d}/ad"], {**MODEL, "ad/adapter_config.json": (
+        '{"peft_type": "LORA"}'), "ad/adapter_model.bin": b"\x80\x04"}, ["--adapter", "adapter_model.bin"]),
+    "adapter-config-a-list": ("sami", [*EVALUATE, "--adapter", "{d}/ad"], {**MODEL, "ad/adapter_config.json": "[]"},
+                              ["--adapter", "adapter_config.json"]),
     # ---- dataset manifests: names and paths stay inside the data cache
     "manifest-dotdot-name": ("cmikit", DATA_LIST, {"manifest.json": json.dumps(
         {"datasets": {"../../x": {"files": [MANIFEST_FILE]}}})}, ["manifest.json", "../../x"]),
