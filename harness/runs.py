@@ -243,6 +243,7 @@ RUN_OUTPUTS = (
     RUN_FILE, "records*.jsonl", "records.jsonl.tmp", "records.rejected.jsonl", "summary.json", "task.json",
     "config.json", "results.json", "win_rates.json", "bench.json", "thresholds.json", "thresholds", "*.png",
     "iteration-*", "judgements*.jsonl", "samples", "eval", "judge", "model", "merged", "train", f".{RUN_FILE}.*.tmp",
+    ".records*.repair.tmp",
 )
 
 
