@@ -79,31 +79,19 @@ class PlayConfig:
     progress: bool = field(default=True, metadata={"help": "progress bar while calibrating"})
 
 
-def _explicit_keys(argv: Sequence[str]) -> set[str]:
-    keys = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
-    if "--config" in argv:
-        from cmikit.harness.config import load_yaml
+def _explicit_keys(argv: Sequence[str], types: Any = None) -> set[str]:
+    """The options the command line or its ``--config`` file sets (any spelling: ``--x-y``, ``--no_x``...)."""
+    from cmikit.cip.evaluate import CIPConfig
+    from cmikit.harness.config import explicit_keys
 
-        path = argv[list(argv).index("--config") + 1] if list(argv).index("--config") + 1 < len(argv) else None
-        if path:
-            keys |= set(load_yaml(path))
-    return keys
+    return explicit_keys(types or CIPConfig, argv)
 
 
-def _parse(types: Any, argv: Sequence[str]) -> Any:
-    """``parse_config`` plus the ``--no_<flag>`` spelling that ``--help`` advertises for boolean options that
-    default to true (``--no_progress`` = ``--progress false``)."""
-    import dataclasses
-
+def _parse(types: Any, argv: Sequence[str], command: str = "") -> Any:
+    """The harness convention (``cmikit.harness.config.parse_config``) for ``cip <command>``."""
     from cmikit.harness.config import parse_config
 
-    bools = {f.name for t in (types if isinstance(types, tuple) else (types,)) for f in dataclasses.fields(t)
-             if f.type in (bool, "bool") and f.default is True}
-    args = []
-    for token in argv:
-        name = token[5:].replace("-", "_") if token.startswith("--no_") or token.startswith("--no-") else None
-        args += [f"--{name}", "false"] if name in bools else [token]
-    return parse_config(types, args)
+    return parse_config(types, argv, prog=f"cip {command}".strip())
 
 
 # --------------------------------------------------------------------------------------------- play
@@ -156,7 +144,7 @@ def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    opts = _parse(PlayConfig, argv)
+    opts = _parse(PlayConfig, argv, "play")
     cfg = _play_cip_config(opts)  # every check happens here, before any model loads
     preflight(cfg)
     from cmikit.harness.runs import check_writable, usable_cache_dir
@@ -267,7 +255,7 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 def calibrate_cmd(argv: Sequence[str]) -> int:
     from cmikit.cip.evaluate import CIPConfig, run_calibrate
 
-    cfg = _parse(CIPConfig, argv)
+    cfg = _parse(CIPConfig, argv, "calibrate")
     if "out_dir" not in _explicit_keys(argv):
         cfg.out_dir = "runs/cip_calibrate"
     th, path = run_calibrate(cfg)
@@ -280,7 +268,7 @@ def calibrate_cmd(argv: Sequence[str]) -> int:
 def eval_cmd(argv: Sequence[str]) -> int:
     from cmikit.cip.evaluate import CIPConfig, apply_quick, run_eval
 
-    cfg = apply_quick(_parse(CIPConfig, argv), _explicit_keys(argv))
+    cfg = apply_quick(_parse(CIPConfig, argv, "eval"), _explicit_keys(argv))
     summary = run_eval(cfg)
     print(summary_table(summary, cfg))
     return 0

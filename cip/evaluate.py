@@ -456,8 +456,17 @@ def mediq_root(cfg: Any) -> Path:
     return data_dir("mediq")
 
 
-# Settings that do not change results: not fingerprinted (alphas only shape the summary, recomputed each run).
-RUN_IGNORE = ("out_dir", "progress", "overwrite", "batch_size", "quick", "alphas")
+# The settings that change the results of `cip calibrate` / `cip eval` (the run identity, cmikit.harness.runs): a
+# new option that changes results belongs here. Not listed, so recorded in run.json but not refusing a resume:
+# out_dir, overwrite, progress, batch_size (records are per game), quick (it only sets listed options), alphas
+# (they only shape the summary, recomputed each run), trust_remote_code, mediq_dir (the files are hashed).
+CIP_IDENTITY = (
+    "task", "kb", "noun", "answerer", "answer_style", "query_set", "n_candidates", "max_candidates", "predictor",
+    "model", "label_style", "table_noise", "alpha", "n_cal", "quantile_rule", "set_rule", "replacement",
+    "trajectories", "thresholds", "methods", "n_est", "est_source", "max_queries", "stop_epsilon", "tie_break",
+    "nonempty_sets", "record_candidates", "ip_no_replacement", "mediq_alpha_n", "seeds", "n_games", "specialty",
+    "split",
+)
 
 
 def run_inputs(cfg: CIPConfig) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -505,7 +514,7 @@ def _open(cfg: CIPConfig, kind: str):
 
     preflight(cfg)
     files, models = run_inputs(cfg)
-    return open_run(cfg.out_dir, kind, config_to_dict(cfg), ignore=RUN_IGNORE, files=files, models=models,
+    return open_run(cfg.out_dir, kind, config_to_dict(cfg), keys=CIP_IDENTITY, files=files, models=models,
                     overwrite=cfg.overwrite)
 
 

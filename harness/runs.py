@@ -2,21 +2,25 @@
 
 Every resumable command opens its output folder through :func:`open_run` before it computes anything::
 
-    with open_run(cfg.out_dir, "cip-eval", config_to_dict(cfg), ignore=("out_dir", "progress"),
+    with open_run(cfg.out_dir, "cip-eval", config_to_dict(cfg), keys=CIP_IDENTITY,
                   files=[kb_path], models={"predictor": cfg.model}, overwrite=cfg.overwrite):
         ...  # resume into the folder
 
-* ``run.json`` holds the resolved config (every key) and the *identity*: the settings that change results,
-  the sha256 of every data file, the identity of every model (see :func:`model_identity`) and the package
-  version. Its ``fingerprint`` is the sha256 of the identity.
+* ``run.json`` holds the resolved config (every key), the package version that wrote it, and the *identity*:
+  the settings that change results, the sha256 of every data file and the identity of every model (see
+  :func:`model_identity`). Its ``fingerprint`` is the sha256 of the identity.
+* The settings in the identity are an allowlist, ``keys``, kept next to each command's config (e.g.
+  ``CIP_IDENTITY`` in ``cmikit.cip.evaluate``): the options that change results, by their resolved values, so a
+  changed default of one of them refuses a resume too. Everything else (output paths, progress bars, batch
+  sizes where results are batch-invariant, and any field a new ``transformers.TrainingArguments`` adds) is
+  saved in the config but not fingerprinted. The package version is not in the identity: an upgrade alone
+  does not refuse a resume.
 * A folder whose ``run.json`` has another fingerprint is refused with :class:`RunConflictError` naming the
   keys that differ and the two ways forward: another ``--out_dir``, or ``--overwrite`` to start over.
   ``overwrite=True`` first deletes the files the toolkit writes (:data:`RUN_OUTPUTS`), only in a folder
   whose ``run.json`` this toolkit wrote (kind, fingerprint, identity); other files are kept.
 * One run per folder at a time: an exclusive ``flock`` on ``.lock`` (released by the OS when the process dies,
   so a ``kill -9`` never leaves a stale lock); a second run is refused with the first one's pid.
-* Settings that do not change results (progress bars, output paths, batch sizes where results are
-  batch-invariant) are passed in ``ignore``: they are saved in the config but not fingerprinted.
 
 Under ``accelerate launch`` only the main process opens the run (``main_process=False`` on the others makes
 :func:`open_run` a no-op that still yields the :class:`Run`), so the lock is held once.
@@ -174,11 +178,13 @@ class Run:
         return self.out_dir.joinpath(*parts)
 
 
-def build_identity(kind: str, settings: Mapping[str, Any], ignore: Iterable[str] = (),
+def build_identity(kind: str, settings: Mapping[str, Any], keys: Iterable[str],
                    files: Mapping[str, str | Path] | Iterable[str | Path] = (),
                    models: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The fingerprinted part of ``run.json`` (see the module docstring)."""
-    ignore = set(ignore)
+    """The fingerprinted part of ``run.json``: the ``keys`` of ``settings`` (the allowlist; a listed key that
+    ``settings`` lacks, e.g. a ``TrainingArguments`` field a newer transformers removed, is left out: the tests
+    check each command's allowlist against its config), the file digests and the model identities."""
+    keys = sorted(k for k in set(keys) if k in settings)
     if isinstance(files, Mapping):
         named = {str(name): p for name, p in files.items() if p is not None}
     else:
@@ -192,14 +198,13 @@ def build_identity(kind: str, settings: Mapping[str, Any], ignore: Iterable[str]
         models_id[name] = model if isinstance(model, Mapping) else model_identity(model)
     return {
         "kind": kind,
-        "settings": {k: v for k, v in sorted(settings.items()) if k not in ignore},
+        "settings": {k: settings[k] for k in keys},
         "files": digests,
         "models": models_id,
-        "package": package_version(),
     }
 
 
-def _lock(out_dir: Path) -> int:
+def _lock(out_dir: Path, out_flag: str = "--out_dir") -> int:
     """An exclusive ``flock`` on ``out_dir/.lock``. The file is opened without following symlinks and must be a
     regular file of ours to write: a ``.lock`` planted as a symlink (or a fifo, a device) in a shared runs
     folder must not make this run truncate or write a file elsewhere."""
@@ -210,20 +215,20 @@ def _lock(out_dir: Path) -> int:
     except OSError as err:
         if err.errno in (errno.ELOOP, errno.EMLINK):
             raise RunConflictError(f"{path} is a symbolic link, not a lock file this toolkit made; remove it (or "
-                                   f"choose another --out_dir) and rerun.") from None
+                                   f"choose another {out_flag}) and rerun.") from None
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
         os.close(fd)
         raise RunConflictError(f"{path} is not a plain lock file (a link, fifo or device); remove it (or choose "
-                               f"another --out_dir) and rerun.")
+                               f"another {out_flag}) and rerun.")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise RunConflictError(
-            f"{out_dir} is in use by another run ({holder}); wait for it to finish or choose another --out_dir."
+            f"{out_dir} is in use by another run ({holder}); wait for it to finish or choose another {out_flag}."
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
@@ -329,7 +334,7 @@ def _check_folder(out_dir: Path, *, kind: str, identity: dict[str, Any], fingerp
 
 
 @contextlib.contextmanager
-def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignore: Iterable[str] = (),
+def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, keys: Iterable[str],
              files: Mapping[str, str | Path] | Iterable[str | Path] = (), models: Mapping[str, Any] | None = None,
              overwrite: bool = False, main_process: bool = True, overwrite_flag: str = "--overwrite",
              out_flag: str = "--out_dir") -> Iterator[Run]:
@@ -337,7 +342,7 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
     ``with`` block ends."""
     out_dir = Path(out_dir)
     config = dict(config)
-    identity = build_identity(kind, config, ignore, files, models)
+    identity = build_identity(kind, config, keys, files, models)
     fingerprint = hashlib.sha256(_canonical(identity).encode()).hexdigest()
     run = Run(out_dir, kind, config, identity, fingerprint)
     if not main_process:
@@ -352,7 +357,7 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
     _check_folder(out_dir, **check)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        run._lock_fd = _lock(out_dir)
+        run._lock_fd = _lock(out_dir, out_flag)
     except OSError as err:
         raise RunConflictError(f"{out_flag} {out_dir} cannot be used as a run folder ({err.strerror or err}); "
                                f"choose another {out_flag}.") from None
@@ -369,7 +374,10 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
                       f"{', '.join(p.name for p in kept[:5])}", file=sys.stderr)
         run.resumed = existing is not None
         record = {"kind": kind, "fingerprint": fingerprint, "identity": identity, "config": config,
+                  "package": package_version(),
                   "created": existing.get("created") if existing else time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if existing and existing.get("package", package_version()) != package_version():
+            record["created_by_package"] = existing.get("created_by_package", existing["package"])
         if run.resumed:
             record["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         _write_json_atomic(out_dir / RUN_FILE, record)

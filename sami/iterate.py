@@ -346,7 +346,8 @@ class ExpertIteration:
         length_ref = self.cfg.length_tokenizer or self.cfg.model
         settings = {"judge_model": self.cfg.judge_model, "judge_mode": self.cfg.judge_mode,
                     "judge_order": self.cfg.judge_order, "length_tokenizer": length_ref}
-        return open_run(self.iteration_dir(eta) / "judge", "sami-iterate-judge", settings,
+        return open_run(self.iteration_dir(eta) / "judge", "sami-iterate-judge", settings, keys=settings,
+                        out_flag="--output_dir",
                         models={"judge": model_identity(self.cfg.judge_model),
                                 "length_tokenizer": model_identity(length_ref)},
                         main_process=_state().is_main_process)
@@ -442,19 +443,30 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
                     title="SAMI expert iteration")
 
 
-# Settings that do not change results: saved in run.json but not fingerprinted. Batch sizes of sampling and
-# evaluation are here because records are kept per query (a resumed run keeps what it has).
-ITERATE_IGNORE = (
-    "output_dir", "overwrite", "disable_tqdm", "logging_steps", "logging_strategy", "logging_first_step",
-    "logging_nan_inf_filter", "log_level", "log_level_replica", "log_on_each_node", "report_to", "run_name",
-    "project", "save_strategy", "save_steps", "save_total_limit", "save_on_each_node", "save_only_model",
-    "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_always_push", "hub_revision",
-    "local_rank", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "skip_memory_metrics", "include_num_input_tokens_seen", "trackio_space_id",
-    "trackio_bucket_id", "trackio_static_space_id", "resume_from_checkpoint", "ddp_timeout",
-    "generation_batch_size", "eval_batch_size", "per_device_eval_batch_size", "torch_empty_cache_steps",
-    # The judge stage fingerprints its own folder (iteration-η/judge/run.json), so a judge can be added later.
-    "judge_model", "judge_mode", "judge_order", "length_tokenizer",
+# The settings that change a `sami iterate` run's results (the run identity, cmikit.harness.runs): IterateConfig's,
+# SAMIConfig's own, and the TrainingArguments fields that change training. A new option that changes results
+# belongs here. Everything else is recorded in run.json but does not refuse a resume: the output folder,
+# --overwrite, logging, saving, Hub and tracker options, dataloader workers, batch sizes of sampling and
+# evaluation (records are kept per query), trust_remote_code, the judge settings (the judge stage fingerprints
+# its own folder, iteration-<eta>/judge/run.json, so a judge can be added later), and any field a newer
+# transformers adds to TrainingArguments.
+ITERATE_IDENTITY = (
+    # IterateConfig
+    "model", "task", "prompt_format", "queries", "query_split", "query_column", "queries_per_iteration",
+    "max_train_items", "alternate_queries", "heldout_queries", "heldout_split", "n_heldout", "constitutions",
+    "n_constitutions", "negatives", "iterations", "steps_per_iteration", "train_from", "use_lora", "lora_r",
+    "lora_alpha", "lora_dropout", "lora_target_modules", "backend", "max_new_tokens", "temperature", "top_p",
+    "filter_strings", "drop_identical", "require_period", "data_seed_offset",
+    # SAMIConfig's own fields
+    "logprob_reduction", "mask_eos", "max_completion_length", "layout", "pad_to_multiple_of", "model_dtype",
+    "disable_dropout", "lr_zero_first_step", "last_microbatch_gradient_only", "schedule", "weight_decay_params",
+    # TrainingArguments: optimisation, schedule, precision, batching, seeds
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
+    "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args", "optim_target_modules",
+    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "label_smoothing_factor",
+    "average_tokens_across_devices", "bf16", "fp16", "tf32", "gradient_checkpointing", "neftune_noise_alpha",
+    "seed", "data_seed", "full_determinism", "dataloader_drop_last", "train_sampling_strategy", "use_liger_kernel",
+    "torch_compile", "fsdp", "fsdp_config", "deepspeed",
 )
 SECRET_KEYS = ("hub_token",)
 
@@ -482,7 +494,8 @@ def run_expert_iteration(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str
         loop.check_judges()  # a rerun with other judge settings is refused before anything is written
     files = local_files(cfg.queries, cfg.heldout_queries,
                         cfg.constitutions if cfg.constitutions != "builtin" else None)
-    with open_run(train_args.output_dir, "sami-iterate", run_config(cfg, train_args), ignore=ITERATE_IGNORE,
-                  files=files, models=models, overwrite=cfg.overwrite, main_process=_state().is_main_process):
+    with open_run(train_args.output_dir, "sami-iterate", run_config(cfg, train_args), keys=ITERATE_IDENTITY,
+                  files=files, models=models, overwrite=cfg.overwrite, main_process=_state().is_main_process,
+                  out_flag="--output_dir"):
         _state().wait_for_everyone()  # other processes start once the main one holds the folder
         return loop.run()
