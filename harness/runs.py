@@ -279,7 +279,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_run(out_dir: str | Path) -> dict[str, Any] | None:
+def read_run(out_dir: str | Path, out_flag: str = "output folder") -> dict[str, Any] | None:
     """The ``run.json`` of a folder (checked against :class:`cmikit.harness.schemas.RunFile`), or None. One
     that this toolkit did not write, or that is damaged, is refused with how to recover; nothing is deleted."""
     from cmikit.harness.errors import DataFileError
@@ -294,7 +294,7 @@ def read_run(out_dir: str | Path) -> dict[str, Any] | None:
         raise RunConflictError(
             f"{err}. This folder's {RUN_FILE} was not written by cmikit or is damaged, so the run cannot be "
             f"resumed or overwritten; keep it by renaming the folder (mv {path.parent} {path.parent}.bad) and "
-            f"rerun to start over, or choose another output folder.") from None
+            f"rerun to start over, or choose another {out_flag}.") from None
 
 
 _TMP_GLOB = f".{RUN_FILE}.*.tmp"
@@ -309,13 +309,13 @@ def _check_folder(out_dir: Path, *, kind: str, identity: dict[str, Any], fingerp
     leftovers = set(out_dir.glob(_TMP_GLOB))
     others = [c for c in out_dir.iterdir() if c.name != LOCK_FILE and c not in leftovers]
     if overwrite:
-        if others and read_run(out_dir) is None:
+        if others and read_run(out_dir, out_flag) is None:
             raise RunConflictError(
                 f"{out_dir} holds files but no {RUN_FILE}, so it is not a run folder; {overwrite_flag} only "
                 f"empties run folders. Delete it yourself or choose another {out_flag}."
             )
         return None, bool(others)
-    existing = read_run(out_dir)
+    existing = read_run(out_dir, out_flag)
     if existing is not None:
         if existing.get("fingerprint") != fingerprint:
             diff = describe_differences(existing.get("identity", {}), identity)

@@ -65,7 +65,7 @@ def test_a_complete_last_record_without_newline_counts_as_done(tmp_path):
 
 # ------------------------------------------------------------------------- run folders and their owner
 def _open(out: Path, **kwargs):
-    return open_run(out, "demo", {"a": 1}, **kwargs)
+    return open_run(out, "demo", {"a": 1}, keys=("a",), **kwargs)
 
 
 def test_a_symlinked_lock_is_refused_and_its_target_left_byte_identical(tmp_path):
@@ -110,7 +110,7 @@ def test_overwrite_deletes_only_the_files_the_toolkit_writes(tmp_path, capsys):
         run.path("records.jsonl").write_text('{"id": "1"}\n')
         run.path("summary.json").write_text("{}")
     (out / "results.csv").write_text("mine\n")
-    with open_run(out, "demo", {"a": 2}, overwrite=True):
+    with open_run(out, "demo", {"a": 2}, keys=("a",), overwrite=True):
         pass
     assert sorted(p.name for p in out.iterdir()) == [".lock", "results.csv", "run.json"]
     assert "kept 1 file(s)" in capsys.readouterr().err and read_run(out)["config"] == {"a": 2}
