@@ -46,16 +46,22 @@ class Task:
     run_batch: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
     group_by: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A schema (cmikit.harness.schemas) every stored record must also pass on resume; a record that does not
+    # (a hand edit, a value out of range) is set aside and its example runs again.
+    record_schema: Any = None
 
 
-def _check_record(value: Any, path: Path, number: int) -> dict[str, Any]:
+def _check_record(value: Any, path: Path, number: int, schema: Any = None) -> dict[str, Any]:
     from cmikit.harness.schemas import RecordLine, validate
 
     validate(RecordLine, value, path, line=number, what="record (an object with a string 'id')")
+    if schema is not None:
+        validate(schema, value, path, line=number, what="record of this task")
     return value
 
 
-def scan_records(path: str | Path) -> tuple[list[dict[str, Any]], list[tuple[int, bytes, str]]]:
+def scan_records(path: str | Path, schema: Any = None
+                 ) -> tuple[list[dict[str, Any]], list[tuple[int, bytes, str]]]:
     """``(good records, bad lines as (line number, raw bytes, problem))`` of a records file. A line is bad when
     it is not UTF-8, not JSON, not an object or has no string ``id`` (a crash mid-write, a hand edit)."""
     from cmikit.harness.errors import DataFileError
@@ -70,7 +76,7 @@ def scan_records(path: str | Path) -> tuple[list[dict[str, Any]], list[tuple[int
         try:
             if isinstance(value, DataFileError):
                 raise value
-            good.append(_check_record(value, path, number))
+            good.append(_check_record(value, path, number, schema))
         except DataFileError as err:
             bad.append((number, raw, str(err)))
     return good, bad
@@ -82,7 +88,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return scan_records(path)[0]
 
 
-def repair_records(path: str | Path, stream: Any = None) -> int:
+def repair_records(path: str | Path, stream: Any = None, schema: Any = None) -> int:
     """Set the bad lines of a records file aside into ``records.rejected.jsonl`` (one JSON object per line:
     source file, line, problem and the line's text, undecodable bytes kept as ``\\udcXX`` escapes), rewrite
     the file with the good records only, and say so once per line on ``stream`` (stderr). Returns the number
@@ -90,7 +96,7 @@ def repair_records(path: str | Path, stream: Any = None) -> int:
     import sys
 
     path = Path(path)
-    good, bad = scan_records(path)
+    good, bad = scan_records(path, schema)
     if not bad:
         _end_last_line(path)
         return 0
@@ -236,7 +242,7 @@ def run_task(task: Task, out_dir: str | Path, batch_size: int = 8, resume: bool 
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:  # resume that repairs: bad lines are set aside (reported with file:line) and run again
         for f in _record_files(out_dir):
-            repair_records(f)
+            repair_records(f, schema=task.record_schema)
     if state is not None and world > 1:
         state.wait_for_everyone()
     done = completed_ids(out_dir)

@@ -421,6 +421,21 @@ class ThresholdsFile(Open):
     metadata: dict[StrictStr, Any] = {}
 
 
+class JudgeMetrics(Open):
+    win: Probability  # the mean over the orders shown of 0 / 0.5 / 1 verdict scores
+    unparsed: NonNegativeFinite
+    soft_win: Probability | None = None
+
+
+class JudgeRecord(Open):
+    """One record of ``sami judge`` (``records.jsonl``): finite lengths, a win in [0, 1]."""
+
+    len_candidate: NonNegativeFinite
+    len_baseline: NonNegativeFinite
+    metrics: JudgeMetrics
+    judgements: list[dict[StrictStr, Any]]
+
+
 # ---------------------------------------------------------------------------------------- MediQ
 def _literal(value: Any) -> Any:
     """A CSV cell holding a Python/JSON literal (MediQ writes lists and dicts as text)."""

@@ -251,7 +251,10 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
         return records
 
     out_dir = Path(out_dir)
-    run_task(Task("sami-judge", list(pairs), run_batch), out_dir, batch_size=batch_size, progress=progress)
+    from cmikit.harness.schemas import JudgeRecord
+
+    run_task(Task("sami-judge", list(pairs), run_batch, record_schema=JudgeRecord), out_dir, batch_size=batch_size,
+             progress=progress)
     recs = read_records(out_dir)
     done = [recs[str(p["id"])] for p in pairs if str(p["id"]) in recs]
     result = win_rates([r["metrics"]["win"] for r in done], [r["len_candidate"] for r in done],

@@ -264,3 +264,27 @@ def test_cache_verify_hashes_every_file(tmp_path, monkeypatch, capsys):
     assert main(["cache", "verify"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.json has sha256" in err[0]
+
+
+def test_judge_records_out_of_range_on_resume_are_set_aside_and_judged_again(tmp_path, capsys):
+    from cmikit.harness.schemas import JudgeRecord
+
+    def task(calls: list[str]) -> Task:
+        def run_batch(batch):
+            calls.extend(e["id"] for e in batch)
+            return [{"len_candidate": e["x"], "len_baseline": 3, "judgements": [],
+                     "metrics": {"win": float(e["x"] % 2), "unparsed": 0.0}} for e in batch]
+
+        return Task("judge-like", [{"id": f"p{k}", "x": k} for k in range(5)], run_batch, record_schema=JudgeRecord)
+
+    clean = run_task(task([]), tmp_path / "clean", progress=False)
+    out = tmp_path / "edited"
+    run_task(task([]), out, progress=False)
+    text = (out / "records.jsonl").read_text()
+    text = text.replace('"win": 1.0', '"win": 7', 1).replace('"len_candidate": 2', '"len_candidate": NaN', 1)
+    (out / "records.jsonl").write_text(text)
+    calls: list[str] = []
+    summary = run_task(task(calls), out, progress=False)
+    assert sorted(calls) == ["p1", "p2"] and summary["metrics"] == clean["metrics"]
+    err = capsys.readouterr().err
+    assert "metrics.win: found 7" in err and "len_candidate: found nan" in err
