@@ -14,6 +14,7 @@ adapters, bitsandbytes quantisation and ``trust_remote_code`` are handled once.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ class ModelSpec:
     trust_remote_code: bool = False
     kind: str = "causal"  # "causal" | "masked-diffusion"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``"llada"`` / ``"dream"``: loads on transformers' own class by default (:mod:`cmikit.harness.native_dlm`);
+    #: ``trust_remote_code`` then only selects the checkpoint's own code instead.
+    native_format: str | None = None
 
 
 MODEL_REGISTRY: dict[str, ModelSpec] = {
@@ -51,18 +55,22 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "llada-8b-instruct",
             "GSAI-ML/LLaDA-8B-Instruct",
-            "LLaDA masked diffusion LM (remote code; logits at i predict token i)",
+            "LLaDA masked diffusion LM (native LlamaForCausalLM, bidirectional; logits at i predict token i; "
+            "its remote code with trust_remote_code)",
             trust_remote_code=True,
             kind="masked-diffusion",
             extra={"shift_logits": False},
+            native_format="llada",
         ),
         ModelSpec(
             "dream-7b-instruct",
             "Dream-org/Dream-v0-Instruct-7B",
-            "Dream masked diffusion LM (remote code; logits at i-1 predict token i)",
+            "Dream masked diffusion LM (native Qwen2ForCausalLM, bidirectional; logits at i-1 predict token i; "
+            "its remote code with trust_remote_code)",
             trust_remote_code=True,
             kind="masked-diffusion",
             extra={"shift_logits": True},
+            native_format="dream",
         ),
         ModelSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", "Mistral-7B base (SAMI paper)"),
         ModelSpec("mistral-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.2", "Mistral-7B instruct (SAMI judge/baseline)"),
@@ -189,6 +197,37 @@ def _remote_code_error(ref: str, err: Exception) -> ModelLoadError:
     )
 
 
+def _source_config(resolved: ResolvedRef, revision: str | None, required: bool) -> dict | None:
+    """The ``config.json`` of a folder or Hub checkpoint as a dict (``None`` when unreadable and not required)."""
+    try:
+        if resolved.kind == "folder":
+            path = Path(resolved.path) / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(resolved.path, "config.json", revision=revision))
+        return json.loads(path.read_text())
+    except Exception as err:  # noqa: BLE001 - unreachable Hub, malformed file: decided below
+        if not required:
+            return None
+        raise ModelLoadError(
+            f"Could not read config.json of {resolved.path}: {err}. This machine may have no Hub access: download "
+            "the checkpoint and pass its folder, or convert it once with `dlm-decode convert`."
+        ) from err
+
+
+def _check_native_weights(ref: str, info: dict) -> None:
+    """A mapped checkpoint must fill every parameter: a missing or unknown name means the mapping is wrong."""
+    problems = {k: sorted(n for n in v if not n.endswith("rotary_emb.inv_freq"))[:5]  # a buffer, recomputed
+                for k, v in info.items() if k in ("missing_keys", "unexpected_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        raise ModelLoadError(
+            f"{ref}: the LLaDA/Dream parameter names did not map onto the native class ({problems}); load it with "
+            "trust_remote_code=True to run its own code, and report the checkpoint."
+        )
+
+
 def load_model(
     ref: str,
     *,
@@ -212,7 +251,9 @@ def load_model(
             (shard over devices), a device string, or an explicit map.
         adapter: path (or Hub id) of a PEFT adapter to load on top.
         load_in_4bit / load_in_8bit: bitsandbytes quantisation (error if bitsandbytes is missing).
-        trust_remote_code: allow modelling code from the checkpoint (LLaDA, Dream). Off unless asked.
+        trust_remote_code: allow modelling code from the checkpoint. Off unless asked. Released LLaDA / Dream
+            checkpoints load without it on transformers' own Llama / Qwen2 class made bidirectional
+            (:mod:`cmikit.harness.native_dlm`); with it, on their own code.
         attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2``... (``None``: transformers' choice).
         model_class: ``causal`` (AutoModelForCausalLM), ``masked`` (AutoModelForMaskedLM) or ``base``
             (AutoModel, what LLaDA/Dream remote code registers).
@@ -224,10 +265,19 @@ def load_model(
     import transformers
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+    from cmikit.harness import native_dlm
+
     resolved = resolve_model_ref(ref)
     torch_dtype = _torch_dtype(dtype)
     spec = resolved.spec
-    if spec is not None and spec.trust_remote_code and not trust_remote_code:
+    # A released LLaDA / Dream checkpoint loads on transformers' own Llama / Qwen2 class (no remote code) unless
+    # the user asks for the checkpoint's own code.
+    native = None
+    if not trust_remote_code and resolved.kind in ("folder", "hub"):
+        raw = _source_config(resolved, revision, required=spec is not None and spec.native_format is not None)
+        if native_dlm.released_format(raw):
+            native = native_dlm.native_load_kwargs(raw)
+    if spec is not None and spec.trust_remote_code and not trust_remote_code and native is None:
         raise _remote_code_error(ref, RuntimeError(f"registry entry {spec.alias} is a remote-code model"))
     auto_cls = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "base": AutoModel}.get(model_class)
     if auto_cls is None:
@@ -245,7 +295,7 @@ def load_model(
     if quant is not None:
         kwargs["quantization_config"] = quant
 
-    if resolved.kind == "folder" and not trust_remote_code:
+    if resolved.kind == "folder" and not trust_remote_code and native is None:
         from cmikit.harness.schemas import ModelConfigJson, load_json
 
         auto_map = load_json(Path(resolved.path) / "config.json", ModelConfigJson, "model config.json").auto_map
@@ -270,8 +320,15 @@ def load_model(
         source = resolved.path
 
     try:
-        model = auto_cls.from_pretrained(source, dtype=torch_dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+        if native is not None:
+            native_cls, native_kwargs = native
+            model, info = native_cls.from_pretrained(source, dtype=torch_dtype, output_loading_info=True,
+                                                     **{**kwargs, **native_kwargs})
+            _check_native_weights(ref, info)
+            tokenizer = native_dlm.load_tokenizer(source, **({"revision": revision} if revision else {}))
+        else:
+            model = auto_cls.from_pretrained(source, dtype=torch_dtype, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
     except ValueError as err:
         if "trust_remote_code" in str(err) or ("does not recognize this architecture" in str(err)
                                                 and not trust_remote_code):
@@ -286,6 +343,8 @@ def load_model(
         )
         raise ModelLoadError(f"Could not load {ref!r} from {source}: {err}.{hint}") from err
 
+    if native_dlm.is_native_diffusion(model):  # released (mapped) or converted LLaDA / Dream
+        native_dlm.set_bidirectional(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter:

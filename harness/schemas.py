@@ -318,12 +318,22 @@ class Open(BaseModel):
 
 
 # --------------------------------------------------------------------------- C-IP knowledge bases
+def _answer_cell(value: Any) -> int | None:
+    if value is None or (isinstance(value, (int, float)) and value in (0, 1)):
+        return None if value is None else int(value)
+    raise ValueError("must be 0, 1 or null (unknown)")
+
+
+AnswerCell = Annotated[Any, AfterValidator(_answer_cell)]
+
+
 class KnowledgeBaseFile(Open):
-    """``{"questions": [...], "classes": [...], "answers": {class: [0/1 per question]}}`` (AwA2 format)."""
+    """``{"questions": [...], "classes": [...], "answers": {class: [0/1/null per question]}}`` (AwA2 format;
+    null: unknown)."""
 
     questions: Annotated[UniqueStrs, Field(min_length=1)]
-    classes: Annotated[UniqueStrs, Field(min_length=2)]
-    answers: dict[StrictStr, list[Literal[0, 1]]]
+    classes: Annotated[UniqueStrs, Field(min_length=1)]
+    answers: dict[StrictStr, list[AnswerCell]]
     source: StrictStr = ""
 
     @model_validator(mode="after")
@@ -332,8 +342,8 @@ class KnowledgeBaseFile(Open):
             if name not in self.answers:
                 raise ValueError(f"class {name[:40]!r} has no row in answers")
             if len(self.answers[name]) != len(self.questions):
-                raise ValueError(f"answers of {name[:40]!r} must be {len(self.questions)} values of 0 or 1 "
-                                 f"(one per question), got {len(self.answers[name])}")
+                raise ValueError(f"answers of {name[:40]!r} must be {len(self.questions)} values of 0, 1 "
+                                 f"or null (unknown), one per question, got {len(self.answers[name])}")
         return self
 
 

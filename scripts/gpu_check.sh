@@ -6,11 +6,21 @@
 #   3. decoding throughput on the GPU: tokens/s with no KV cache, prefix and dual cache (cmikit.decoding.bench.gpu_throughput);
 #   4. SAMI under FSDP: `accelerate launch` with configs/accelerate/fsdp-8gpu.yaml on min(2, #GPUs) GPUs, one
 #      iteration of 2 full-weight steps, fp32; the per-step loss must equal a single-process run with the same
-#      global batch (<= 1e-4) and every query must be sampled and evaluated exactly once.
+#      global batch (<= 1e-4) and every query must be sampled and evaluated exactly once;
+#   5. LLaDA-8B- and Dream-7B-shaped native models (LlamaForCausalLM / Qwen2ForCausalLM made bidirectional,
+#      random weights, no download): tokens/s with no / prefix / dual cache at gen_length 256, bf16, batch 1 and 8
+#      (cmikit.decoding.bench_native; runs/gpu_check_native.json).
 # Usage: bash scripts/gpu_check.sh [model-ref]   (default: the embedded smollm2-135m-instruct)
-# Writes runs/gpu_check.json and runs/gpu_check_fsdp.json. Installs the vllm extra into .venv if missing.
+#        bash scripts/gpu_check.sh --dry-run     (CPU, no GPU needed: part 5 on tiny shapes, fp32, in seconds)
+# Writes runs/gpu_check.json, runs/gpu_check_fsdp.json and runs/gpu_check_native.json. Installs the vllm extra
+# into .venv if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--dry-run" ]; then
+    [ -x .venv/bin/python ] || make setup >/dev/null
+    .venv/bin/python -m cmikit.decoding.bench_native --dry-run --out runs/gpu_check_native_dry.json
+    exit 0
+fi
 MODEL="${1:-smollm2-135m-instruct}"
 make setup TORCH_SPEC="${TORCH_SPEC:-torch}" >/dev/null
 PY=.venv/bin/python
@@ -53,6 +63,9 @@ result["decoding"] = gpu_throughput(model)
 print(json.dumps(result, indent=2))
 json.dump(result, open("runs/gpu_check.json", "w"), indent=2)
 PYEOF
+
+# ---- 5. LLaDA-8B- / Dream-7B-shaped native models: no / prefix / dual cache, gen 256, bf16, batch 1 and 8 -----
+$PY -m cmikit.decoding.bench_native --out runs/gpu_check_native.json
 
 # ---- 4. SAMI expert iteration under FSDP vs one process, same global batch ----------------------------------
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")

@@ -87,7 +87,7 @@ CASES = [
     ("thresholds-other-labels", ["eval", "--kb", "{dir}/other_kb.json", "--thresholds", "{th3}", "--max_queries", "3"],
      "another label set"),
     ("thresholds-other-predictor", ["eval", "--thresholds", "{th3}", "--max_queries", "3", "--table_noise", "0.1"],
-     "table(noise=0.05)"),
+     "predictor.noise is 0.05 there and 0.1 here"),
     ("thresholds-missing", ["eval", "--thresholds", "{dir}/none.json"], "none.json"),
     ("mediq-malformed-row", ["eval", "--task", "mediq", "--mediq_dir", "{dir}/mediq"], "split0_test.csv:3"),
     ("mediq-missing-split", ["eval", "--task", "mediq", "--mediq_dir", "{dir}/mediq", "--split", "1"],
