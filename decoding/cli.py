@@ -137,7 +137,7 @@ def _tiny_context() -> int | None:
         if path.is_file():
             try:
                 return int(json.loads(path.read_text()).get("max_position_embeddings"))
-            except (OSError, ValueError, TypeError):
+            except (OSError, ValueError, TypeError, AttributeError):  # junk in the cache: checked at load
                 return None
     return None
 
@@ -245,9 +245,9 @@ def _train_tiny(extra: Sequence[str]) -> int:
         sys.modules[spec.name] = module  # its option dataclass is resolved through the module
         spec.loader.exec_module(module)
         return int(module.main(list(extra)) or 0)
-    from cmikit.decoding.tiny_dlm import ASSET_DIR, TinyDLMTrainConfig, train_tiny_dlm
+    from cmikit.decoding.tiny_dlm import TinyDLMTrainConfig, cache_dir, train_tiny_dlm
 
-    print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), ASSET_DIR)}")
+    print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), cache_dir())}")  # never into the installed package
     return 0
 
 

@@ -91,8 +91,9 @@ class ResolvedRef:
     spec: ModelSpec | None = None
 
 
-def resolve_model_ref(ref: str) -> ResolvedRef:
-    """Classify ``ref`` without loading anything; raise :class:`ModelLoadError` for impossible refs."""
+def resolve_model_ref(ref: str, check: bool = True) -> ResolvedRef:
+    """Classify ``ref`` without loading anything; raise :class:`ModelLoadError` for impossible refs (and,
+    with ``check``, for a local folder whose config.json or weights are malformed)."""
     if not isinstance(ref, str) or not ref.strip():
         raise ModelLoadError(f"Model reference must be a non-empty string, got {ref!r}.")
     key = ref.strip()
@@ -112,6 +113,8 @@ def resolve_model_ref(ref: str) -> ResolvedRef:
                 f"Folder {path} has no config.json, so it is not a transformers checkpoint. Point at the folder "
                 f"that save_pretrained wrote."
             )
+        if check:
+            _check_folder(path)
         return ResolvedRef("folder", str(path))
     looks_like_path = key.startswith((".", "/", "~")) or key.count("/") > 1 or path.suffix in {".json", ".safetensors"}
     if looks_like_path:
@@ -124,6 +127,18 @@ def resolve_model_ref(ref: str) -> ResolvedRef:
         )
     spec = next((s for s in MODEL_REGISTRY.values() if s.hub_id.lower() == key.lower()), None)
     return ResolvedRef("hub", key, spec)
+
+
+def _check_folder(path: Path, adapter: bool = False) -> None:
+    """The folder's config.json and weights pass :func:`cmikit.harness.schemas.check_model_folder` (a JSON
+    object; safetensors with a sound header; no pickled weights), before transformers reads them."""
+    from cmikit.harness.errors import DataFileError
+    from cmikit.harness.schemas import check_model_folder
+
+    try:
+        check_model_folder(path, adapter=adapter)
+    except DataFileError as err:
+        raise ModelLoadError(f"{'Adapter' if adapter else 'Model'} folder {path}: {err}") from None
 
 
 def _torch_dtype(dtype: str):
@@ -289,7 +304,9 @@ def load_model(
         kwargs["quantization_config"] = quant
 
     if resolved.kind == "folder" and not trust_remote_code and native is None:
-        auto_map = json.loads((Path(resolved.path) / "config.json").read_text()).get("auto_map")
+        from cmikit.harness.schemas import ModelConfigJson, load_json
+
+        auto_map = load_json(Path(resolved.path) / "config.json", ModelConfigJson, "model config.json").auto_map
         if auto_map:
             raise _remote_code_error(ref, RuntimeError(f"config.json maps classes to custom code: {auto_map}"))
 
@@ -345,6 +362,8 @@ def load_model(
             raise ModelLoadError("Loading an adapter needs peft: pip install peft") from err
         if not (Path(adapter).is_dir() or "/" in adapter):
             raise ModelLoadError(f"PEFT adapter not found: {adapter}")
+        if Path(adapter).is_dir():
+            _check_folder(Path(adapter), adapter=True)
         model = PeftModel.from_pretrained(model, adapter)
     if eval_mode:
         model.eval()
