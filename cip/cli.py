@@ -268,6 +268,9 @@ def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None
     kb_arg = str(user_kb) if user_kb is not None and opts.learned and user_kb.is_file() else None
     cfg = _play_cip_config(opts, kb_arg)  # every check happens here, before any model loads
     preflight(cfg)
+    from cmikit.harness.runs import check_writable, usable_cache_dir
+
+    check_writable("--transcript", opts.transcript)  # refused now, not after the game is played
     kind = cfg.predictor
     term = _Terminal(stdin or sys.stdin, stdout or sys.stdout, cfg.noun, kind == "llm")
     say = term.say
@@ -281,10 +284,15 @@ def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None
     if not cfg.thresholds:
         cache_dir = play_cache_dir(cfg)
         cached = cache_dir / "thresholds" / f"seed{cfg.seeds[0]}.json"
+        problem = None if cached.is_file() else usable_cache_dir(cache_dir)
+        if problem:  # a read-only or full CMIKIT_CACHE: play anyway, calibrating without caching
+            say(f"note: the cache {cache_dir} cannot be written ({problem}); calibrating without caching.")
+            cache_dir = None
         if kind == "llm" and not cached.is_file():
             say(llm_cost_notice(setup, cfg))
+        where = f"cache {cached}" if cache_dir is not None else "not cached"
         say(f"{'Loading cached' if cached.is_file() else 'Calibrating'} conformal thresholds (alpha={cfg.alpha}, "
-            f"N={cfg.n_cal}, cache {cached}); pass --thresholds DIR (from `cip calibrate`) to use your own.")
+            f"N={cfg.n_cal}, {where}); pass --thresholds DIR (from `cip calibrate`) to use your own.")
     try:
         thresholds = thresholds_for_seed(cfg, setup, cfg.seeds[0], cache_dir)
     except KeyboardInterrupt:

@@ -137,6 +137,8 @@ class CIPConfig:
             raise ConfigError("--seeds is empty; give one or more integer seeds (e.g. --seeds 0 1 2).")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds {' '.join(map(str, self.seeds))}: a seed is listed twice.")
+        for seed in self.seeds:
+            check_at_least("--seeds", seed, 0)
         check_at_least("n_games", self.n_games, 1, allow_none=True)
         check_at_least("n_candidates", self.n_candidates, 1)
         if not self.alphas:

@@ -37,6 +37,9 @@ ANSWER_WORDS = {"y": YES, "yes": YES, "n": NO, "no": NO, "u": UNKNOWN, "unknown"
                 "dont know": UNKNOWN, "don't know": UNKNOWN, "idk": UNKNOWN}
 
 
+KB_WHAT = 'knowledge base {"questions": [...], "classes": [...], "answers": {class: [0/1/null per question]}}'
+
+
 class KnowledgeBaseError(DataFileError):
     """A knowledge base file or value a user can fix; the message says what was wrong (a
     :class:`cmikit.harness.errors.DataFileError`, so the CLIs print it as one line)."""
@@ -119,44 +122,30 @@ class KnowledgeBase:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], name: str = "") -> KnowledgeBase:
-        for key in ("questions", "classes", "answers"):
-            if key not in data:
-                raise KnowledgeBaseError(
-                    f"Knowledge base {name} lacks the key {key!r}; expected "
-                    '{"questions": [...], "classes": [...], "answers": {class: [0/1 per question]}}.'
-                )
-        classes, questions, answers = list(data["classes"]), list(data["questions"]), data["answers"]
-        if not classes:
-            raise KnowledgeBaseError(f"Knowledge base {name} is empty (no classes); add items and their answers.")
-        rows = []
-        for c in classes:
-            if c not in answers:
-                raise KnowledgeBaseError(f"Knowledge base {name}: class {c!r} has no row in 'answers'.")
-            row = answers[c]
-            if len(row) != len(questions) or any(v not in (0, 1, None) for v in row):
-                raise KnowledgeBaseError(f"Knowledge base {name}: the answers of {c!r} must be {len(questions)} "
-                                         f"values of 0, 1 or null (unknown), one per question, got {len(row)}.")
-            rows.append([-1 if v is None else v for v in row])
-        return cls(classes, questions, np.asarray(rows), source=str(data.get("source", "")), name=name)
+        """A knowledge base from its JSON object, checked by :class:`cmikit.harness.schemas.KnowledgeBaseFile`
+        (errors name ``name``, the JSON path, the value found and what is allowed)."""
+        from cmikit.harness.schemas import KnowledgeBaseFile, validate
+
+        try:
+            kb = validate(KnowledgeBaseFile, data, name or "knowledge base", what=KB_WHAT)
+        except DataFileError as err:
+            raise KnowledgeBaseError(str(err)) from None
+        rows = np.asarray([[-1 if v is None else v for v in kb.answers[c]] for c in kb.classes])
+        return cls(list(kb.classes), list(kb.questions), rows, source=kb.source, name=name)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> KnowledgeBase:
         """Load a knowledge base from a JSON path or an alias (``everyday`` = the default, ``awa2``)."""
+        from cmikit.harness.schemas import parse_json, read_text
+
         path = resolve_kb_path(path)
         if not path.is_file():
             raise KnowledgeBaseError(f"Knowledge base file not found: {path}. Pass a JSON file in the AwA2 format "
                                      f"or one of the aliases {sorted(KB_ALIASES)}.")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise KnowledgeBaseError(f"Knowledge base {path} is not UTF-8 text (byte {err.start}); save it as "
-                                     "UTF-8 JSON.") from err
-        except json.JSONDecodeError as err:
-            raise KnowledgeBaseError(f"Knowledge base {path} is not valid JSON: {err.msg} at line {err.lineno} "
-                                     f"column {err.colno}.") from err
-        if not isinstance(data, dict):
-            raise KnowledgeBaseError(f"Knowledge base {path} must hold a JSON object with questions, classes and "
-                                     f"answers, got {type(data).__name__}.")
+            data = parse_json(read_text(path, "knowledge base"), path, KB_WHAT)
+        except DataFileError as err:
+            raise KnowledgeBaseError(str(err)) from None
         return cls.from_dict(data, name=str(path))
 
     def answer(self, label: int, question: str) -> str:

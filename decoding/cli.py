@@ -1,9 +1,10 @@
 """``dlm-decode``: decode with a masked diffusion LM, benchmark the strategies, train the tiny DLM.
 
-    dlm-decode generate --model llada-8b-instruct --trust-remote-code --prompt "..." --strategy ccd
+    dlm-decode generate --model llada-8b-instruct --prompt "..." --strategy ccd --cache dual
     dlm-decode generate --model tiny --prompt "abcdefghabcdefghabcdefgh,abcdefghabcdefghabcdefga=" --gen-length 24 --strategy ccd
     dlm-decode bench [--quick] [--out bench_out] [--parts cache] [--overwrite]
     dlm-decode train-tiny [--steps 3000] [--output DIR]
+    dlm-decode convert GSAI-ML/LLaDA-8B-Instruct llada-native/   (or a downloaded folder; also Dream)
 
 Every user error (a bad option value, unequal prompts, a run folder made with other settings) ends as one line
 ``error: ...`` with exit code 2, found before any model loads where it can be.
@@ -33,6 +34,8 @@ commands:
   generate    decode prompts with a masked diffusion LM (every DiffusionGenerationConfig field is an option)
   bench       accuracy vs NFE on the tiny DLM, loop overhead and KV cache speed (writes bench.json/png)
   train-tiny  train the tiny DLM (runs scripts/train_tiny_dlm.py; pass its flags after)
+  convert     SRC DST: write a released LLaDA / Dream checkpoint once as transformers' own LlamaForCausalLM /
+              Qwen2ForCausalLM (safetensors, loads without remote code); SRC a folder, alias or Hub id
 
 examples:
   dlm-decode generate --model tiny --prompt "abcdefghabcdefghabcdefgh,abcdefghabcdefghabcdefga=" --gen-length 24 --strategy ccd
@@ -50,7 +53,7 @@ class GenerateOptions:
         "help": "'tiny' (the trained tiny DLM), a registry alias, Hub id or folder"})
     prompt: list[str] = field(default_factory=list, metadata={"repeat": True, "help": "repeat for a batch"})
     trust_remote_code: bool = field(default=False, metadata={
-        "help": "run the checkpoint's own modelling code (needed for LLaDA / Dream)"})
+        "help": "run the checkpoint's own modelling code (LLaDA / Dream load natively without it)"})
     dtype: str = "auto"
     chat: bool = field(default=False, metadata={"help": "wrap prompts in the tokenizer's chat template"})
     bidirectional: bool = field(default=False, metadata={"help": "drive a stock causal class bidirectionally"})
@@ -134,7 +137,7 @@ def _tiny_context() -> int | None:
         if path.is_file():
             try:
                 return int(json.loads(path.read_text()).get("max_position_embeddings"))
-            except (OSError, ValueError, TypeError):
+            except (OSError, ValueError, TypeError, AttributeError):  # junk in the cache: checked at load
                 return None
     return None
 
@@ -242,13 +245,43 @@ def _train_tiny(extra: Sequence[str]) -> int:
         sys.modules[spec.name] = module  # its option dataclass is resolved through the module
         spec.loader.exec_module(module)
         return int(module.main(list(extra)) or 0)
-    from cmikit.decoding.tiny_dlm import ASSET_DIR, TinyDLMTrainConfig, train_tiny_dlm
+    from cmikit.decoding.tiny_dlm import TinyDLMTrainConfig, cache_dir, train_tiny_dlm
 
-    print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), ASSET_DIR)}")
+    print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), cache_dir())}")  # never into the installed package
     return 0
 
 
-COMMANDS = {"generate": _generate, "bench": _bench, "train-tiny": _train_tiny}
+@dataclass
+class ConvertOptions:
+    """Options of ``dlm-decode convert SRC DST`` besides the two folders."""
+
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty output folder"})
+
+
+def _convert(argv: Sequence[str]) -> int:
+    """``dlm-decode convert SRC DST``: the native checkpoint of a released LLaDA / Dream one
+    (:mod:`cmikit.harness.native_dlm`)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: dlm-decode convert SRC DST [--overwrite]\n\n"
+              "Write a released LLaDA / Dream checkpoint (SRC: a downloaded folder, alias or Hub id; Hub\n"
+              "downloads skip *.py) once as transformers' own LlamaForCausalLM / Qwen2ForCausalLM into DST:\n"
+              "safetensors shards with native names, a config.json that loads without remote code, the\n"
+              "tokenizer files without auto_map.\n\n"
+              "  --overwrite   replace a non-empty DST")
+        return 0
+    positional = [a for a in argv if not a.startswith("-")]
+    if len(positional) != 2 or list(argv[:2]) != positional:
+        raise ConfigError("usage: dlm-decode convert SRC DST [--overwrite]: SRC is a downloaded LLaDA / Dream "
+                          "folder, alias or Hub id, DST the output folder.")
+    opts = parse_config(ConvertOptions, list(argv[2:]), prog="dlm-decode convert", description=_convert.__doc__,
+                        dashes=True)
+    from cmikit.harness.native_dlm import checkpoint_folder, convert_checkpoint
+
+    print(json.dumps(convert_checkpoint(checkpoint_folder(positional[0]), positional[1], overwrite=opts.overwrite)))
+    return 0
+
+
+COMMANDS = {"generate": _generate, "bench": _bench, "train-tiny": _train_tiny, "convert": _convert}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from cmikit.harness.errors import CmikitError, ConfigError
+from cmikit.harness.schemas import cut
 
 CONFIG_FLAG = "--config"
 
@@ -71,21 +72,35 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping; a missing file, invalid YAML, a non-mapping or a key given twice (at
-    any depth) is a :class:`ConfigError` naming the file (and the key and both lines)."""
+    """A YAML file's top-level mapping; a missing file, non-UTF-8 text, invalid YAML, a non-mapping, a key given
+    twice (at any depth) or an alias bomb (:func:`cmikit.harness.schemas.validate` bounds the expanded size) is
+    a one-line :class:`ConfigError` naming the file (and the key and both lines)."""
+    from cmikit.harness.errors import DataFileError
+    from cmikit.harness.schemas import ConfigMapping, read_text, validate
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(read_text(path, "YAML config"), Loader=_UniqueKeyLoader) or {}
     except _DuplicateKey as dup:
         raise ConfigError(f"Config file {path}: key {dup.key!r} is given twice (lines {dup.first} and "
                           f"{dup.second}); keep one.") from None
+    except DataFileError as err:
+        raise ConfigError(f"Config file {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"Config file {path}{where} is not valid YAML: {cut(problem)}") from None
+    except RecursionError:
+        raise ConfigError(f"Config file {path} is nested too deeply to be a config.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of key: value, got {type(data).__name__}.")
-    return data
+    try:
+        return validate(ConfigMapping, data, path, what="YAML config (a mapping of key: value)")
+    except DataFileError as err:
+        raise ConfigError(f"Config file {err}") from None
 
 
 def split_config_flag(argv: Sequence[str]) -> tuple[list[str], str | None]:
@@ -180,8 +195,8 @@ class _ParserMixin:
         want = key.replace("-", "_")
         close = [n for n in names if n.startswith(want)][:3] or difflib.get_close_matches(want, names, n=3)
         hint = f" Did you mean {', '.join(self.flag(c) if what == 'option' else c for c in close)}?" if close else ""
-        shown = f"--{key}" if what == "option" else repr(key)
-        val = "" if value is dataclasses.MISSING else f" (value {value!r})"
+        shown = f"--{key}" if what == "option" else repr(key)[:60]
+        val = "" if value is dataclasses.MISSING else f" (value {cut(value)})"  # cut: an alias bomb is megabytes
         where = f" in {source}" if source else ""
         listed = sorted(self.flag(n) for n in allowed) if what == "option" else sorted(allowed)
         return ConfigError(f"Unknown {what} {shown}{val}{where}.{hint} Allowed: {', '.join(listed)}.")

@@ -3,6 +3,7 @@
     cmikit data list                       what can be fetched, and where each dataset is read from
     cmikit data fetch awa2|mediq|sami-tldr|all [--manifest FILE] [--no-progress]
     cmikit data path NAME                  the folder a dataset is read from (for shell use)
+    cmikit cache verify                    full sha256 of every cached file (embedded model, datasets)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ commands:
   data list                 the datasets, their size, licence and where each is read from
   data fetch NAME|all       download a dataset (pinned sha256, resumable) into $CMIKIT_CACHE/data/NAME
   data path NAME            print the folder a dataset is read from ($CMIKIT_DATA/NAME, else the cache)
+  cache verify              hash every file of the cache in full against its recorded / pinned sha256
 
 Datasets: awa2 (C-IP 20 Questions), mediq (MediQ + C-IP specialty splits), sami-tldr (SAMI TL;DR).
 Set CMIKIT_DATA to a folder holding awa2/, mediq/, sami-tldr/ to use copies you already have."""
@@ -78,7 +80,45 @@ def data_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"data": data_command}
+CACHE_USAGE = "usage: cmikit cache verify [--manifest FILE]"
+
+
+@dataclass
+class CacheOptions:
+    """Options of ``cmikit cache verify``."""
+
+    manifest: str | None = field(default=None, metadata={"help": "a dataset manifest JSON (default: the built-in one)"})
+
+
+def cache_command(argv: Sequence[str]) -> int:
+    """``cmikit cache verify``: the full check (loads only do the cheap one; see cmikit.harness.embedded)."""
+    from cmikit.harness import data, embedded
+    from cmikit.harness.errors import DataFileError
+
+    argv = list(argv)
+    if argv[:1] in ([], ["-h"], ["--help"], ["help"]):
+        print(CACHE_USAGE)
+        return 0
+    if argv[0] != "verify":
+        raise ConfigError(f"cmikit cache: unknown command {argv[0]!r}; the command is verify.")
+    args = parse_config(CacheOptions, argv[1:], prog="cmikit cache verify", description=CACHE_USAGE, dashes=True)
+    problems = []
+    folder = embedded.embedded_model_dir()
+    if embedded.is_prepared(folder):
+        problem = embedded.check_prepared(folder, full=True)
+        print(f"models/{folder.name}: {'ok' if problem is None else 'DAMAGED: ' + problem}")
+        if problem:
+            problems.append(f"models/{folder.name}: {problem} (the next load prepares it again)")
+    else:
+        print(f"models/{folder.name}: not prepared")
+    problems += data.verify(args.manifest)
+    if problems:
+        raise DataFileError(f"the cache {embedded.cache_root()} has {len(problems)} damaged item(s): "
+                            f"{'; '.join(problems)}")
+    return 0
+
+
+COMMANDS = {"data": data_command, "cache": cache_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

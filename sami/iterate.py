@@ -22,7 +22,6 @@ import gc
 import itertools
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,6 @@ class IterateConfig:
     length_tokenizer: str | None = field(
         default=None, metadata={"help": "model whose tokenizer counts lengths for the balanced win rate "
                                         "(None: the policy, as the reference)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow modelling code from the checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "empty a run folder made with other settings"})
 
     def __post_init__(self) -> None:
@@ -199,7 +197,7 @@ class ExpertIteration:
 
             base, adapter = self.model_ref(eta)
             model, tok = load_model(base, adapter=adapter, dtype=self.args.model_dtype,
-                                    trust_remote_code=self.cfg.trust_remote_code)
+                                    trust_remote_code=self.args.trust_remote_code)
             model = model.merge_and_unload()
             if _state().is_main_process:
                 model.save_pretrained(out)
@@ -215,10 +213,10 @@ class ExpertIteration:
         if self.cfg.backend == "vllm":
             if adapter is not None:
                 base = self._merged(eta)
-            return make_backend("vllm", base, trust_remote_code=self.cfg.trust_remote_code)
+            return make_backend("vllm", base, trust_remote_code=self.args.trust_remote_code)
         return TransformersBackend.from_ref(base, adapter=adapter, dtype=self.args.model_dtype,
                                             batch_size=self.cfg.generation_batch_size,
-                                            trust_remote_code=self.cfg.trust_remote_code)
+                                            trust_remote_code=self.args.trust_remote_code)
 
     def _sampling(self):
         from cmikit.harness.backends import SamplingParams
@@ -248,7 +246,7 @@ class ExpertIteration:
         return ds
 
     def _train_model(self, eta: int):
-        from cmikit.harness.models import load_model
+        from cmikit.sami.trainer import load_policy
 
         if self.cfg.train_from == "previous" and eta > 1:
             base, adapter = self.model_ref(eta - 1)
@@ -256,17 +254,22 @@ class ExpertIteration:
                 base = self._merged(eta - 1)
         else:
             base = self.cfg.model
-        # Under FSDP / DeepSpeed the Trainer shards a CPU-loaded model; otherwise it goes to this process's device.
-        sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
-            os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-        model, tok = load_model(base, dtype=self.args.model_dtype, eval_mode=False,
-                                device_map="cpu" if sharded else "accelerate",
-                                trust_remote_code=self.cfg.trust_remote_code)
-        return model, tok
+        return load_policy(base, self.args)  # the trainer's own loading path (FSDP / DeepSpeed: on the CPU)
+
+    def peft_config(self):
+        """The LoRA settings as TRL's ``ModelConfig`` → ``get_peft_config`` (``None`` without ``use_lora``)."""
+        from trl import ModelConfig, get_peft_config
+
+        cfg = self.cfg
+        return get_peft_config(ModelConfig(use_peft=cfg.use_lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                           lora_dropout=cfg.lora_dropout,
+                                           lora_target_modules=list(cfg.lora_target_modules)))
 
     def train(self, eta: int, samples) -> None:
         """Stages 2–3: train for this iteration's step count and save the iterate."""
         import dataclasses
+
+        from transformers.trainer_utils import get_last_checkpoint
 
         from cmikit.sami.sampling import training_rows
         from cmikit.sami.trainer import SAMIInputError, SAMITrainer
@@ -282,21 +285,12 @@ class ExpertIteration:
         ckpt_dir = self.iteration_dir(eta) / "train"
         args = dataclasses.replace(self.args, output_dir=str(ckpt_dir), max_steps=steps)
         model, tok = self._train_model(eta)
-        peft_config = None
-        if self.cfg.use_lora:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha,
-                                     lora_dropout=self.cfg.lora_dropout, task_type="CAUSAL_LM",
-                                     target_modules=list(self.cfg.lora_target_modules))
+        peft_config = self.peft_config()
         if self.cfg.max_train_items is not None and len(samples) > self.cfg.max_train_items:
             samples = samples.select(range(self.cfg.max_train_items))
         rows = training_rows(samples, self.cfg.task, self.cfg.prompt_format, shuffle=True, salt=eta)
         trainer = SAMITrainer(model, args, train_dataset=rows, processing_class=tok, peft_config=peft_config)
-        last = None
-        if ckpt_dir.is_dir():
-            ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            last = str(ckpts[-1]) if ckpts else None
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=last)
         trainer.save_model(str(out))
         if _state().is_main_process:
@@ -383,9 +377,9 @@ class ExpertIteration:
             _state().wait_for_everyone()
             if check_only:
                 return None
-            length_tok = load_length_tokenizer(length_ref, self.cfg.trust_remote_code)
+            length_tok = load_length_tokenizer(length_ref, self.args.trust_remote_code)
             judge = make_backend(self.cfg.backend, self.cfg.judge_model,
-                                 trust_remote_code=self.cfg.trust_remote_code)
+                                 trust_remote_code=self.args.trust_remote_code)
             return judge_pairs(judge, pairs, self.iteration_dir(eta) / "judge", task=self.cfg.task,
                                mode=self.cfg.judge_mode, order=self.cfg.judge_order, length_tokenizer=length_tok,
                                length_unit=f"tokens:{length_ref}")
@@ -460,6 +454,7 @@ ITERATE_IDENTITY = (
     # SAMIConfig's own fields
     "logprob_reduction", "mask_eos", "max_completion_length", "layout", "pad_to_multiple_of", "model_dtype",
     "disable_dropout", "lr_zero_first_step", "last_microbatch_gradient_only", "schedule", "weight_decay_params",
+    "model_init_kwargs",  # dtype, attn_implementation, revision of the model loaded for training
     # TrainingArguments: optimisation, schedule, precision, batching, seeds
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
     "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args", "optim_target_modules",

@@ -1,7 +1,7 @@
 """Train a tiny LLaDA-style diffusion LM used by `dlm-decode bench` (deterministic: same arguments, same weights).
 
-    python scripts/train_tiny_dlm.py                                  # copy-one-of-two -> decoding/assets/tiny-copy-dlm
-    python scripts/train_tiny_dlm.py --task-name one-class-upper      # -> decoding/assets/tiny-case-dlm
+    python scripts/train_tiny_dlm.py                                  # copy-one-of-two -> $CMIKIT_CACHE/decoding/tiny-copy-dlm
+    python scripts/train_tiny_dlm.py --task-name one-class-upper      # -> $CMIKIT_CACHE/decoding/tiny-case-dlm
     python scripts/train_tiny_dlm.py --output DIR --steps 500
 
 Each task has its shipped settings (cmikit.decoding.tiny_dlm.TASK_TRAIN_SETTINGS); flags override them. Budget on
@@ -20,7 +20,8 @@ import torch
 from cmikit.decoding.tiny_dlm import (
     TASK_TRAIN_SETTINGS,
     TinyDLMTrainConfig,
-    asset_dir,
+    cache_dir,
+    check_output_dir,
     train_config_for,
     train_tiny_dlm,
 )
@@ -30,7 +31,9 @@ from cmikit.decoding.tiny_dlm import (
 class TrainTinyOptions:
     """Options besides the :class:`TinyDLMTrainConfig` fields (whose defaults are the task's shipped settings)."""
 
-    output: str | None = field(default=None, metadata={"help": "checkpoint folder (default: the task's asset folder)"})
+    output: str | None = field(default=None, metadata={"help": "checkpoint folder (default: $CMIKIT_CACHE/decoding/"
+                                                               "<checkpoint>; never inside the package: copy a "
+                                                               "checkpoint into decoding/assets yourself to ship it)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
 
 
@@ -45,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     # the task's shipped settings, then what the command line (or --config file) gave
     given = explicit_keys(types, argv) & {f.name for f in dataclasses.fields(TinyDLMTrainConfig)}
     cfg = train_config_for(parsed.task_name, **{k: getattr(parsed, k) for k in given - {"task_name"}})
+    output = opts.output or str(cache_dir(cfg.task_name))
+    check_output_dir(output)  # never into the package, nor into a folder this command did not make
     torch.set_num_threads(opts.threads)
-    out = train_tiny_dlm(cfg, opts.output or str(asset_dir(cfg.task_name)))
+    out = train_tiny_dlm(cfg, output)
     print(f"saved {out}")
     return 0
 

@@ -136,10 +136,10 @@ def test_mediq_jsonl_line_numbers(files):
     from cmikit.cip.environments import load_mediq_jsonl
     from cmikit.harness.errors import DataFileError
 
-    with pytest.raises(DataFileError, match=r"bad\.jsonl:1: MediQ row is missing"):
+    with pytest.raises(DataFileError, match=r"bad\.jsonl:1: not a MediQ case.*the key 'question' is required"):
         load_mediq_jsonl(files["dir"] / "bad.jsonl")
     (files["dir"] / "bad2.jsonl").write_text("\n" + '{"id": 2,\n')
-    with pytest.raises(DataFileError, match=r"bad2\.jsonl:2: not a JSON object"):
+    with pytest.raises(DataFileError, match=r"bad2\.jsonl:2: not valid JSON"):
         load_mediq_jsonl(files["dir"] / "bad2.jsonl")
 
 

@@ -36,8 +36,8 @@ def _open(out: Path, config=None, **kwargs):
 def _finished_run(out: Path, config=None, **kwargs) -> None:
     with _open(out, config, **kwargs) as run:
         run.path("records.jsonl").write_text('{"game": 1}\n')
-        (out / "games").mkdir(exist_ok=True)
-        (out / "games" / "g1.json").write_text("{}")
+        (out / "thresholds").mkdir(exist_ok=True)
+        (out / "thresholds" / "seed0.json").write_text("{}")
 
 
 def test_new_run_writes_run_json_and_resume_sets_resumed(tmp_path):
@@ -118,9 +118,11 @@ def test_package_version_is_recorded_but_an_upgrade_alone_resumes(tmp_path, monk
 def test_overwrite_empties_a_run_folder_and_starts_over(tmp_path):
     out = tmp_path / "run"
     _finished_run(out)
+    (out / "notes.txt").write_text("mine")  # a user's own file: --overwrite deletes only what cmikit writes
     with _open(out, dict(CONFIG, max_queries=5), overwrite=True) as run:
         assert not run.resumed
-        assert sorted(p.name for p in out.iterdir()) == [".lock", RUN_FILE]
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt", RUN_FILE]
+        assert (out / "notes.txt").read_text() == "mine"
     assert read_run(out)["config"]["max_queries"] == 5
 
 
@@ -154,15 +156,22 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path):
     assert target.read_text() == "x"
 
 
-def test_unreadable_run_json_is_refused_unless_overwrite(tmp_path):
+@pytest.mark.parametrize("text", ["{ not json", "[]", '{"kind": "demo", "fingerprint": "x"}'])
+def test_unreadable_run_json_is_refused_with_how_to_recover_even_with_overwrite(tmp_path, text):
     out = tmp_path / "run"
     _finished_run(out)
-    (out / RUN_FILE).write_text("{ not json")
-    with pytest.raises(RunConflictError, match="unreadable.*--overwrite"):
-        with _open(out):
-            pass
-    with _open(out, overwrite=True) as run:
+    (out / RUN_FILE).write_text(text)
+    before = _snapshot(out)
+    for overwrite in (False, True):  # an unreadable run.json cannot vouch that the folder is a cmikit run
+        with pytest.raises(RunConflictError, match=r"run.json.*mv .*run .*run.bad") as err:
+            with _open(out, overwrite=overwrite):
+                pass
+        assert "\n" not in str(err.value)
+        assert _snapshot(out) == before
+    os.replace(out, tmp_path / "run.bad")  # the recovery the message names
+    with _open(out) as run:
         assert not run.resumed
+    assert _snapshot(tmp_path / "run.bad") == before  # nothing the user had is deleted
 
 
 def test_changed_data_file_is_refused(tmp_path):
