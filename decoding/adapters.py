@@ -77,6 +77,9 @@ class DiffusionModelAdapter:
     pad_token_id: int | None = None
     max_context: int | None = None
     kind: str = "custom"
+    #: Block-diffusion models (``config.bd_size``): attention causal between blocks of this many tokens and
+    #: bidirectional inside one (:mod:`cmikit.decoding.block_diffusion`); 0 = bidirectional everywhere.
+    bd_size: int = 0
 
     @property
     def float_dtype(self) -> torch.dtype:
@@ -100,13 +103,24 @@ class DiffusionModelAdapter:
                 f"({self.kind}); shorten the prompt or lower gen_length."
             )
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **model_kwargs) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, prompt_length: int | None = None,
+               **model_kwargs) -> torch.Tensor:
         """Logits aligned so that ``logits[:, i]`` predicts ``input_ids[:, i]`` (shift applied here).
 
+        ``prompt_length`` places the blocks of a block-diffusion model (required for one, ignored otherwise).
         ``model_kwargs`` go to the model as they are (the KV cache passes its cache object this way)."""
         padded = attention_mask is not None and bool((attention_mask == 0).any())
         kwargs = dict(model_kwargs)
-        if self.attention == "2d":
+        if self.bd_size:
+            from cmikit.decoding.block_diffusion import canvas_mask
+            from cmikit.harness.testing import padded_position_ids
+
+            if prompt_length is None:
+                raise ConfigError("a block-diffusion model needs prompt_length to place its blocks")
+            mask2d = attention_mask if padded else None
+            kwargs["attention_mask"] = canvas_mask(input_ids, mask2d, prompt_length, self.bd_size, self.float_dtype)
+            kwargs["position_ids"] = padded_position_ids(mask2d, input_ids)
+        elif self.attention == "2d":
             if padded:
                 kwargs["attention_mask"] = attention_mask
         elif self.attention == "4d":
@@ -170,8 +184,14 @@ class DiffusionModelAdapter:
                 "so keys and values cannot be reused; use cache='none'."
             )
 
-    def new_cache(self, mode: str) -> BlockKVCache:
+    def new_cache(self, mode: str, prompt_length: int | None = None):
+        """The cache of one decoding call: :class:`BlockKVCache` (approximate), or for a block-diffusion model the
+        exact :class:`~cmikit.decoding.block_diffusion.BlockDiffusionCache` (needs ``prompt_length``)."""
         self.check_cache(mode)
+        if self.bd_size:
+            from cmikit.decoding.block_diffusion import BlockDiffusionCache
+
+            return BlockDiffusionCache(self, mode, prompt_length)
         return BlockKVCache(self, mode)
 
 
@@ -220,6 +240,8 @@ class BlockKVCache:
     padding keys stay hidden through the 4D mask.
     """
 
+    exact = False
+
     def __init__(self, adapter: DiffusionModelAdapter, mode: str) -> None:
         self.adapter = adapter
         self.mode = mode
@@ -254,6 +276,13 @@ class BlockKVCache:
         self.positions = padded_position_ids(attention_mask if padded else None, input_ids)[:, start:end]
         self.window, self.block = (start, end), (lo, hi)
         return logits
+
+    def step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int,
+             refresh: bool) -> tuple[torch.Tensor, int]:
+        """One decoding step: ``(block logits [B, hi - lo, V], positions run)``, a refresh or a cached pass."""
+        if refresh:
+            return self.refresh(input_ids, attention_mask, lo, hi)[:, lo:hi], input_ids.shape[1]
+        return self.block_logits(input_ids), self.window_length(lo, hi, input_ids.shape[1])
 
     def block_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Aligned logits ``[B, hi - lo, V]`` of the block from a forward over the window only."""
@@ -373,6 +402,9 @@ def adapt(
             "(a token the model was trained to treat as [MASK])."
         )
     pad = _first(getattr(config, "pad_token_id", None), getattr(tokenizer, "pad_token_id", None) if tokenizer else None)
+    bd_size = int(getattr(config, "bd_size", 0) or 0) if getattr(config, "block_diffusion", False) else 0
+    if bd_size:
+        kind, attention = "block-diffusion", "4d"
     return DiffusionModelAdapter(
         model=model,
         mask_token_id=int(resolved_mask),
@@ -383,4 +415,5 @@ def adapt(
         pad_token_id=pad,
         max_context=_first(max_context, _context_length(config)),
         kind=kind,
+        bd_size=bd_size,
     )

@@ -2,6 +2,7 @@
 
     python scripts/train_tiny_dlm.py                                  # copy-one-of-two -> decoding/assets/tiny-copy-dlm
     python scripts/train_tiny_dlm.py --task-name one-class-upper      # -> decoding/assets/tiny-case-dlm
+    python scripts/train_tiny_dlm.py --bd-size 8                      # block diffusion -> decoding/assets/tiny-copy-bd-dlm
     python scripts/train_tiny_dlm.py --output DIR --steps 500
 
 Each task has its shipped settings (cmikit.decoding.tiny_dlm.TASK_TRAIN_SETTINGS); flags override them. Budget on
@@ -29,10 +30,13 @@ from cmikit.decoding.tiny_dlm import (  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--task-name", default=DEFAULT_TASK, choices=sorted(TASK_TRAIN_SETTINGS))
-    task = pre.parse_known_args(argv)[0].task_name
-    defaults = dataclasses.asdict(train_config_for(task))
+    pre.add_argument("--bd-size", type=int, default=0)
+    known = pre.parse_known_args(argv)[0]
+    task, block_diffusion = known.task_name, known.bd_size > 0
+    defaults = dataclasses.asdict(train_config_for(task, block_diffusion))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(asset_dir(task)), help="checkpoint folder (default: %(default)s)")
+    parser.add_argument("--output", default=str(asset_dir(task, block_diffusion)),
+                        help="checkpoint folder (default: %(default)s)")
     for f in dataclasses.fields(TinyDLMTrainConfig):
         kwargs = {"choices": sorted(TASK_TRAIN_SETTINGS)} if f.name == "task_name" else {}
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=defaults[f.name],

@@ -84,16 +84,20 @@ def test_tokens_run_through_the_model_are_counted(two_layer):
     total = 4 + 12
     plain = generate(two_layer, prompt, config("low_confidence"))
     assert plain.tokens_per_row.tolist() == [12 * total] and plain.model_tokens == 12 * total
-    prefix = generate(two_layer, prompt, config("low_confidence", cache="prefix"))
+    # Fast-dLLM's fixed policy by name (the default "surprisal" policy refreshes where commits carry information).
+    prefix = generate(two_layer, prompt, config("low_confidence", cache="prefix", cache_policy="block"))
     # 3 blocks of 4 steps: one full pass, then 3 passes over block + suffix (12, 8, 4 positions).
     assert prefix.nfe == 12
     assert prefix.tokens_per_row.tolist() == [3 * total + 3 * (12 + 8 + 4)]
-    dual = generate(two_layer, prompt, config("low_confidence", cache="dual"))
-    assert dual.tokens_per_row.tolist() == [3 * total + 9 * 4]
+    dual = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_policy="block"))
+    assert dual.tokens_per_row.tolist() == [3 * total + 9 * 4] and dual.refreshes == 3
     refreshed = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_refresh=2))
-    assert refreshed.tokens_per_row.tolist() == [6 * total + 6 * 4]
-    guided = generate(two_layer, prompt, config("low_confidence", cache="dual", cfg_scale=1.0))
+    assert refreshed.tokens_per_row.tolist() == [6 * total + 6 * 4] and refreshed.refreshes == 6
+    guided = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_policy="block", cfg_scale=1.0))
     assert guided.tokens_per_row.tolist() == [2 * (3 * total + 9 * 4)]
+    adaptive = generate(two_layer, prompt, config("low_confidence", cache="dual"))
+    n = adaptive.refreshes
+    assert adaptive.tokens_per_row.tolist() == [n * total + (12 - n) * 4] and 3 <= n <= 12
 
 
 def test_batched_cache_equals_each_prompt_alone(two_layer):
