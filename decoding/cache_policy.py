@@ -20,7 +20,10 @@ to refresh now, and tells it after every step what was committed:
 ============  ==========================================================================================
 
 Degenerate settings equal no cache bit for bit (every step refreshes): ``interval`` with ``cache_refresh=1``,
-``surprisal`` with ``cache_surprisal=0``. A batch refreshes as one (one forward), when any row asks.
+``surprisal`` with ``cache_surprisal=0``. ``surprisal`` decides per row: in a batch, the rows that spent their
+budget run the whole canvas and get fresh keys/values, the others run cached in the same step (two model
+calls, one step, one NFE; each row's positions counted as run), so a sequence costs the same in a batch as
+alone.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ class RefreshPolicy:
     """Decide, per step inside a block, whether the cache refreshes (a full forward) or runs cached."""
 
     name = "base"
+    #: Whether the policy also decides the first step of a block (else that step always refreshes, Fast-dLLM).
+    at_block_start = False
 
     def start_block(self, block_mask: torch.Tensor) -> None:
         """A new block starts (its first step always refreshes)."""
 
-    def refresh_now(self, step: int) -> bool:
-        """Whether step ``step`` (>= 1) of the block runs a full forward that refreshes the cache."""
+    def refresh_now(self, step: int) -> bool | torch.Tensor:
+        """Whether step ``step`` (>= 1) of the block runs a full forward that refreshes the cache: for the whole
+        batch (``bool``) or per row (``[B]`` bool: the marked rows refresh, the others run cached)."""
         raise NotImplementedError
 
     def observe(self, commit: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor) -> None:
@@ -71,7 +77,13 @@ class IntervalRefresh(BlockRefresh):
 
 
 class SurprisalRefresh(RefreshPolicy):
-    """Refresh once the committed tokens' summed surprisal since the last refresh reaches ``nats`` in a row."""
+    """Refresh once the committed tokens' summed surprisal since the last refresh reaches ``nats`` in a row.
+
+    The budget runs across blocks: at a block start (step 0) a row whose budget is not spent does not refresh
+    either; the cache then shifts its window and freezes the finished block's keys/values from that pass
+    (:meth:`cmikit.decoding.adapters.BlockKVCache.step`)."""
+
+    at_block_start = True
 
     name = "surprisal"
 
@@ -79,13 +91,12 @@ class SurprisalRefresh(RefreshPolicy):
         self.nats = nats
         self.spent: torch.Tensor | None = None
 
-    def start_block(self, block_mask: torch.Tensor) -> None:
-        self.spent = None
-
-    def refresh_now(self, step: int) -> bool:
-        due = self.spent is not None and bool((self.spent >= self.nats).any())
-        if due:
-            self.spent = None
+    def refresh_now(self, step: int) -> torch.Tensor | bool:
+        """Per row: the rows whose budget is spent refresh (the others run cached) and start over."""
+        if self.spent is None:
+            return False
+        due = self.spent >= self.nats
+        self.spent = self.spent.masked_fill(due, 0.0)
         return due
 
     def observe(self, commit: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor) -> None:

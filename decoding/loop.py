@@ -221,15 +221,24 @@ def generate(
                 block_logits = logits[:, lo:hi]
             else:
                 model_x, model_mask = _model_batch(adapter, x, attention_mask, prompt_length, config.cfg_scale)
-                refresh = step == 0 or (policy is not None and policy.refresh_now(step))
-                block_logits, run = cache.step(model_x, model_mask, lo, hi, refresh)
+                # A policy may refresh some rows only ([B] bool): they run the whole canvas, the others cached.
+                refresh = True if policy is None or (step == 0 and (block == 0 or not policy.at_block_start)) \
+                    else policy.refresh_now(step)
+                rows_refresh = refresh.repeat(copies) if isinstance(refresh, torch.Tensor) else refresh
+                block_logits, run = cache.step(model_x, model_mask, lo, hi, rows_refresh)
                 block_logits = _guide(block_logits, config.cfg_scale)
-                refreshes += int(refresh)
+                refreshes += int(bool(refresh if isinstance(refresh, bool) else refresh.any()))
+                if isinstance(run, torch.Tensor):  # per row, doubled under guidance: count each copy's
+                    run = run.view(copies, batch).sum(0)
+                    tokens_per_row += (active | padded) * run
+                    model_tokens += int(run.sum())
+                    run = None
             nfe += 1
             counted = active | padded
             nfe_per_row += counted
-            tokens_per_row += counted * (run * copies)
-            model_tokens += run * copies * batch
+            if run is not None:
+                tokens_per_row += counted * (run * copies)
+                model_tokens += run * copies * batch
             if not reference:
                 block_logits = block_logits.float()
             if config.suppress_eos and suppressed.numel():

@@ -87,3 +87,21 @@ def test_exact_cache_counts_positions(bd_model):
 def test_block_length_must_be_the_models(bd_model):
     with pytest.raises(ConfigError, match="bd_size=4.*--block-length 4"):
         generate(bd_model, torch.tensor([[1, 2]]), config("low_confidence", block_length=6))
+
+
+def test_shipped_block_diffusion_model_decodes_the_same_tokens_cached():
+    from cmikit.decoding.tiny_dlm import encode_problems, load_tiny_dlm
+
+    model, tokenizer, task = load_tiny_dlm(train_if_missing=False, progress=False, block_diffusion=True)
+    assert adapt(model).bd_size == 8
+    problems = task.problems(24, seed=12345)
+    prompts, _ = encode_problems(problems, tokenizer, task.gen_length)
+    for strategy in ("low_confidence", "threshold"):
+        cfg = DiffusionGenerationConfig(gen_length=task.gen_length, block_length=8, strategy=strategy)
+        plain = generate(model, prompts, cfg)
+        cached = generate(model, prompts, cfg.update(cache="dual"))
+        assert torch.equal(plain.generated, cached.generated), strategy
+        assert cached.model_tokens < plain.model_tokens / 2
+        correct = sum(task.is_correct(p, "".join(tokenizer.convert_ids_to_tokens(row.tolist())))
+                      for (p, _), row in zip(problems, cached.generated))
+        assert correct >= 0.9 * len(problems), (strategy, correct)

@@ -56,11 +56,26 @@ def test_surprisal_policy_sits_between_block_and_every_step(deep):
     for name, fields in {"block": {"cache_policy": "block"}, "huge": {"cache_surprisal": 1e9},
                          "default": {}, "zero": {"cache_surprisal": 0.0}}.items():
         runs[name] = generate(deep, ids, config("low_confidence", cache="dual", **fields), attention_mask=mask)
-    # An unreachable budget is Fast-dLLM's behaviour exactly; the default refreshes more, zero every step.
-    assert runs["huge"].sequences.tolist() == runs["block"].sequences.tolist()
-    assert runs["huge"].refreshes == runs["block"].refreshes == 3
-    assert 3 <= runs["default"].refreshes <= runs["zero"].refreshes == 12
-    assert runs["block"].model_tokens <= runs["default"].model_tokens <= runs["zero"].model_tokens
+    # An unreachable budget refreshes once (the first pass); later blocks start with a window shift.
+    assert runs["huge"].refreshes == 1 and runs["huge"].model_tokens < runs["block"].model_tokens
+    assert 1 <= runs["default"].refreshes <= runs["zero"].refreshes == 12
+    assert runs["huge"].model_tokens <= runs["default"].model_tokens <= runs["zero"].model_tokens
+
+
+def test_window_shift_is_exact_where_keys_depend_on_their_own_token_only():
+    """One layer: a position's keys/values depend on its token and position only, so the finished block's
+    keys/values frozen by a window shift are exact and the cache never refreshing equals no cache."""
+    model = tiny_llada_like(num_hidden_layers=1, seed=3)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+        model.lm_head.weight[model.config.mask_token_id] = 0
+    ids, mask = left_pad(PROMPTS)
+    for strategy in ("low_confidence", "ccd"):
+        plain = generate(model, ids, config(strategy), attention_mask=mask)
+        for cache in ("prefix", "dual"):
+            out = generate(model, ids, config(strategy, cache=cache, cache_surprisal=1e9), attention_mask=mask)
+            assert out.sequences.tolist() == plain.sequences.tolist(), (strategy, cache)
+            assert out.refreshes == 1
 
 
 def test_surprisal_counts_information_of_committed_tokens_only():
@@ -71,10 +86,25 @@ def test_surprisal_counts_information_of_committed_tokens_only():
     tokens = torch.zeros(2, 3, dtype=torch.long)
     # Only committed positions count: row 0's coin flips at positions 0 and 2 are not committed yet.
     policy.observe(torch.tensor([[False, True, False], [True, True, True]]), tokens, logits)
-    assert not policy.refresh_now(1)  # 0.01 and 0.03 nats: below the budget
+    assert policy.refresh_now(1).tolist() == [False, False]  # 0.01 and 0.03 nats: below the budget
     policy.observe(torch.tensor([[True, False, False], [False, False, False]]), tokens, logits)
-    assert policy.refresh_now(2)  # row 0 committed 0.69 nats: the batch refreshes
-    assert not policy.refresh_now(3)  # and the budget starts over
+    assert policy.refresh_now(2).tolist() == [True, False]  # row 0 committed 0.69 nats: it refreshes alone
+    assert policy.refresh_now(3).tolist() == [False, False]  # and its budget starts over
+
+
+def test_rows_refresh_on_their_own_and_cost_what_they_cost_alone(deep):
+    ids, mask = left_pad(PROMPTS)
+    for strategy in ("low_confidence", "ccd"):
+        cfg = config(strategy, cache="dual", cache_surprisal=0.05)
+        batched = generate(deep, ids, cfg, attention_mask=mask)
+        for row, prompt in enumerate(PROMPTS):
+            alone = generate(deep, torch.tensor([prompt]), cfg)
+            assert batched.generated[row].tolist() == alone.generated[0].tolist()
+            # Positions per row count the row's own canvas (padding included) at refreshes, the block otherwise.
+            width = ids.shape[1]
+            expected = alone.tokens_per_row[0] + alone.refreshes * (width - len(prompt))
+            assert batched.tokens_per_row[row] == expected, (strategy, row)
+        assert batched.model_tokens >= int(batched.tokens_per_row.sum())  # + rows already done, still in the batch
 
 
 def test_default_policy_and_refusals():
