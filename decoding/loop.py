@@ -222,8 +222,12 @@ def generate(
             else:
                 model_x, model_mask = _model_batch(adapter, x, attention_mask, prompt_length, config.cfg_scale)
                 # A policy may refresh some rows only ([B] bool): they run the whole canvas, the others cached.
-                refresh = True if policy is None or (step == 0 and (block == 0 or not policy.at_block_start)) \
-                    else policy.refresh_now(step)
+                if policy is None:  # the exact cache: a block's first step records the finished block
+                    refresh = step == 0
+                elif step == 0 and (block == 0 or not policy.at_block_start):
+                    refresh = True
+                else:
+                    refresh = policy.refresh_now(step)
                 rows_refresh = refresh.repeat(copies) if isinstance(refresh, torch.Tensor) else refresh
                 block_logits, run = cache.step(model_x, model_mask, lo, hi, rows_refresh)
                 block_logits = _guide(block_logits, config.cfg_scale)
