@@ -215,14 +215,16 @@ class Agent:
         }
 
     def _choose(self, item: Any, history: History, post: np.ndarray, k: int, rng: np.random.Generator,
-                step: dict[str, Any]) -> str | None:
+                step: dict[str, Any], exclude: frozenset[str] = frozenset()) -> str | None:
+        """The next question; ``exclude`` names questions asked but absent from ``history`` (answered
+        "unknown" in ``cip play``, which adds no evidence and so no turn)."""
         cfg = self.config
         if cfg.criterion == "direct":
-            proposed = self.querier.propose(history, 1)
+            proposed = [q for q in self.querier.propose(history, 1) if q not in exclude]
             if proposed:
                 return proposed[0]
             step["querier_fallback"] = True
-        candidates = self.env.candidate_queries(item, history, rng)
+        candidates = [q for q in self.env.candidate_queries(item, history, rng) if q not in exclude]
         if not candidates:
             return None
         if cfg.criterion in ("random", "direct"):

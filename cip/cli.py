@@ -58,7 +58,8 @@ class PlayConfig:
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "the LLM for --predictor llm"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a Hub model's own code to run"})
     label_style: str = field(default="names", metadata={"choices": ["names", "letters"]})
-    table_noise: float = field(default=0.05, metadata={"help": "chance an answer disagrees with the table"})
+    table_noise: float = field(default=0.05, metadata={"help": "chance an answer disagrees with the table (what "
+                                                               "lets one mistaken answer be outvoted)"})
     batch_size: int = 64
     criterion: str = field(default=DEFAULT_CRITERION, metadata={"help": "cip-floor, cip-selffano, cip-paper, "
                                                                         "cip-code, cip-fano, ip or random"})
@@ -67,10 +68,23 @@ class PlayConfig:
                                                               "10 with the LLM)"})
     quantile_rule: str = field(default="finite-sample", metadata={"choices": ["finite-sample", "plain"]})
     set_rule: str = field(default=">=", metadata={"choices": [">=", ">"]})
-    thresholds: str | None = field(default=None, metadata={"help": "a `cip calibrate` folder or file"})
+    thresholds: str | None = field(default=None, metadata={"help": "a `cip calibrate` folder or file (made with "
+                                                                   "the same KB, predictor settings, --none_prior "
+                                                                   "and --set_rule)"})
     n_est: int = 4
     est_source: str = field(default="prior", metadata={"choices": ["prior", "posterior", "exhaustive"]})
-    max_queries: int | None = field(default=None, metadata={"help": "question limit (default 20; 12 with the LLM)"})
+    max_queries: int | None = field(default=None, metadata={"help": "question limit, unknown answers included "
+                                                                    "(default 20; 12 with the LLM; with "
+                                                                    "--thresholds, the budget it was calibrated for)"})
+    max_guesses: int = field(default=3, metadata={"help": "'Is it a ...?' guesses before the game gives up"})
+    none_prior: float = field(default=0.1, metadata={"help": "prior of 'none of these' (an item the game does "
+                                                             "not know)"})
+    none_threshold: float = field(default=0.9, metadata={"help": "P(none of these) at which the game says it does "
+                                                                 "not know the item"})
+    learned: bool = field(default=True, metadata={"help": "play with the items learned in earlier games (the user "
+                                                          "KB under $CMIKIT_CACHE/cip-play/learned/)"})
+    learn: bool = field(default=False, metadata={"help": "save a learned item into the --kb FILE itself instead of "
+                                                         "the user KB"})
     max_candidates: int | None = field(default=None, metadata={"help": "score a random subset of this many bank "
                                                                        "questions per step (default: all)"})
     tie_break: str = field(default="first", metadata={"choices": ["first", "random"]})
@@ -79,91 +93,190 @@ class PlayConfig:
     progress: bool = field(default=True, metadata={"help": "progress bar while calibrating"})
 
 
-def _explicit_keys(argv: Sequence[str]) -> set[str]:
-    keys = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
-    if "--config" in argv:
-        from cmikit.harness.config import load_yaml
+def _explicit_keys(argv: Sequence[str], types: Any = None) -> set[str]:
+    """The options the command line or its ``--config`` file sets (any spelling: ``--x-y``, ``--no_x``...)."""
+    from cmikit.cip.evaluate import CIPConfig
+    from cmikit.harness.config import explicit_keys
 
-        path = argv[list(argv).index("--config") + 1] if list(argv).index("--config") + 1 < len(argv) else None
-        if path:
-            keys |= set(load_yaml(path))
-    return keys
+    return explicit_keys(types or CIPConfig, argv)
 
 
-def _parse(types: Any, argv: Sequence[str]) -> Any:
-    """``parse_config`` plus the ``--no_<flag>`` spelling that ``--help`` advertises for boolean options that
-    default to true (``--no_progress`` = ``--progress false``)."""
-    import dataclasses
-
+def _parse(types: Any, argv: Sequence[str], command: str = "") -> Any:
+    """The harness convention (``cmikit.harness.config.parse_config``) for ``cip <command>``."""
     from cmikit.harness.config import parse_config
 
-    bools = {f.name for t in (types if isinstance(types, tuple) else (types,)) for f in dataclasses.fields(t)
-             if f.type in (bool, "bool") and f.default is True}
-    args = []
-    for token in argv:
-        name = token[5:].replace("-", "_") if token.startswith("--no_") or token.startswith("--no-") else None
-        args += [f"--{name}", "false"] if name in bools else [token]
-    return parse_config(types, args)
+    return parse_config(types, argv, prog=f"cip {command}".strip())
 
 
 # --------------------------------------------------------------------------------------------- play
-def _play_cip_config(opts: PlayConfig) -> Any:
+def user_kb_path(kb: str) -> Path:
+    """Where ``cip play`` keeps the items it learned on top of ``--kb`` (a copy of that base plus them)."""
+    import hashlib
+
+    from cmikit.cip.knowledge import KB_ALIASES
+    from cmikit.harness.embedded import cache_root
+
+    name = kb if kb in KB_ALIASES else f"{Path(kb).stem}-{hashlib.sha256(str(Path(kb).resolve()).encode()).hexdigest()[:8]}"
+    return cache_root() / "cip-play" / "learned" / f"{name}.json"
+
+
+def _calibrated_budget(opts: PlayConfig) -> int | None:
+    """With ``--thresholds`` and no ``--max_queries``: the question budget the file was calibrated for."""
+    if not opts.thresholds or opts.max_queries is not None:
+        return opts.max_queries
+    from cmikit.cip.conformal import ConformalThresholds
+    from cmikit.cip.evaluate import thresholds_path
+
+    return max(ConformalThresholds.load(thresholds_path(opts.thresholds)).lengths) - 1
+
+
+def _play_cip_config(opts: PlayConfig, kb: str | None = None) -> Any:
     """The :class:`cmikit.cip.evaluate.CIPConfig` that ``build`` needs, from play's options (validated there)."""
     from cmikit.cip.criteria import ALL_CRITERIA
     from cmikit.cip.evaluate import CIPConfig, resolve_predictor_kind
-    from cmikit.harness.config import check_at_least, check_choice
+    from cmikit.harness.config import check_at_least, check_choice, check_range
 
     check_at_least("n_cal", opts.n_cal, 1, allow_none=True)
     check_at_least("max_queries", opts.max_queries, 1, allow_none=True)
+    check_at_least("max_guesses", opts.max_guesses, 1)
+    check_range("none_prior", opts.none_prior, 0, 1, low_open=True, high_open=True)
+    check_range("none_threshold", opts.none_threshold, 0, 1, low_open=True)
     check_choice("criterion", opts.criterion, [c for c in ALL_CRITERIA if c != "direct"])
     kind = resolve_predictor_kind(opts)
     noun = opts.noun or ("animal" if opts.kb == "awa2" else "item")
-    return CIPConfig(kb=opts.kb, noun=noun, predictor=kind, model=opts.model, trust_remote_code=opts.trust_remote_code,
-                     label_style=opts.label_style, table_noise=opts.table_noise, batch_size=opts.batch_size,
+    max_queries = _calibrated_budget(opts)
+    return CIPConfig(kb=kb or opts.kb, noun=noun, predictor=kind, model=opts.model,
+                     trust_remote_code=opts.trust_remote_code, label_style=opts.label_style,
+                     table_noise=opts.table_noise, none_prior=opts.none_prior, batch_size=opts.batch_size,
                      alpha=opts.alpha, n_cal=opts.n_cal or (10 if kind == "llm" else 100),
                      quantile_rule=opts.quantile_rule, set_rule=opts.set_rule, thresholds=opts.thresholds,
                      methods=[opts.criterion], n_est=opts.n_est, est_source=opts.est_source,
-                     max_queries=opts.max_queries or (12 if kind == "llm" else 20),
+                     max_queries=max_queries or (12 if kind == "llm" else 20),
                      max_candidates=opts.max_candidates, tie_break=opts.tie_break, seeds=[opts.seed],
                      progress=opts.progress)
 
 
 def play_cache_dir(cfg: Any) -> Path:
-    """Where ``cip play`` caches its calibration: a key of the knowledge base's *content* and every setting
-    that changes the thresholds (predictor and model, N, rules, history length, seed)."""
+    """Where ``cip play`` caches its calibration: a key of the thresholds' identity (the knowledge base's
+    content hash, the predictor's full settings, the set rule) and every other setting that changes the
+    thresholds (N, quantile rule, history length, seed)."""
     import hashlib
 
-    from cmikit.cip.evaluate import predictor_name
-    from cmikit.cip.knowledge import resolve_kb_path
+    from cmikit.cip.evaluate import thresholds_identity
+    from cmikit.cip.knowledge import KnowledgeBase
     from cmikit.harness.embedded import cache_root
-    from cmikit.harness.runs import file_digest
 
-    key = json.dumps({"kb": file_digest(resolve_kb_path(cfg.kb)), "predictor": predictor_name(cfg),
-                      "label_style": cfg.label_style, "noun": cfg.noun, "n_cal": cfg.n_cal,
-                      "quantile_rule": cfg.quantile_rule, "set_rule": cfg.set_rule,
-                      "max_length": cfg.max_queries + 1, "seed": cfg.seeds[0], "replacement": cfg.replacement},
-                     sort_keys=True)
+    key = json.dumps({"identity": thresholds_identity(cfg, KnowledgeBase.load(cfg.kb)), "n_cal": cfg.n_cal,
+                      "quantile_rule": cfg.quantile_rule, "max_length": cfg.max_queries + 1, "seed": cfg.seeds[0],
+                      "replacement": cfg.replacement}, sort_keys=True)
     return cache_root() / "cip-play" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    """The interactive game. ``stdin``/``stdout`` default to the terminal (tests pass scripted streams)."""
+def llm_cost_notice(setup: Any, cfg: Any, n_probe: int = 4) -> str:
+    """What the LLM predictor will cost on this machine, from one measured batch of forwards: the
+    calibration (n_cal x (max_queries + 2) histories) and one question (<= 2 posteriors per bank question)."""
     import time
 
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    probe = [setup.sampler.sample(min(3, cfg.max_queries), rng) for _ in range(n_probe)]
+    t0 = time.perf_counter()
+    setup.predictor.predict([e.history for e in probe], [e.context for e in probe])
+    per_history = (time.perf_counter() - t0) / n_probe
+    n_hist = cfg.n_cal * (cfg.max_queries + 2)
+    n_bank = cfg.max_candidates or len(setup.env.kb.questions)
+    return (f"The LLM predictor costs time on this machine (one forward took {per_history:.2f} s): calibrating "
+            f"{n_hist} histories takes about {_duration(n_hist * per_history)} before the first question (once: "
+            f"it is cached for the next start), then each question about {_duration(2 * n_bank * per_history)} "
+            f"({n_bank} candidate questions).")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+class _Terminal:
+    """The person at the terminal, as a :class:`cmikit.cip.game.Player`."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO, noun: str, show_time: bool) -> None:
+        import time
+
+        self.stdin, self.stdout, self.noun, self.show_time = stdin, stdout, noun, show_time
+        self.clock = time.perf_counter
+        self.t = self.clock()
+        self.turns: list[list[str]] = []
+
+    def say(self, text: str = "") -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+    def read(self, prompt: str) -> str | None:
+        self.stdout.write(prompt)
+        self.stdout.flush()
+        line = self.stdin.readline()
+        if line == "":  # end of input (Ctrl-D)
+            self.say("")
+            return None
+        return line.strip()
+
+    def answer(self, question: str) -> str | None:
+        from cmikit.cip.knowledge import KnowledgeBaseError, normalize_answer
+
+        if self.show_time:
+            self.say(f"       (chose this question in {self.clock() - self.t:.1f} s)")
+        while True:
+            text = self.read(f"Q{len(self.turns) + 1}: {question} [y/n/u/q] ")
+            if text is None or text.lower() in ("q", "quit", "exit"):
+                return None
+            try:
+                answer = normalize_answer(text)
+            except KnowledgeBaseError as err:
+                self.say(str(err))
+                continue
+            self.turns.append([question, answer])
+            return answer
+
+    def yes_no(self, prompt: str) -> bool | None:
+        while True:
+            text = self.read(prompt)
+            if text is None or text.lower() in ("q", "quit", "exit"):
+                return None
+            if text.lower() in ("y", "yes", "n", "no"):
+                return text.lower().startswith("y")
+            self.say("Answer y (yes) or n (no), or q to quit.")
+
+    def confirm(self, guess: str) -> bool | None:
+        from cmikit.cip.game import a
+
+        return self.yes_no(f"Is it {a(guess)}? [y/n] ")
+
+
+def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """The interactive game (:func:`cmikit.cip.game.play_game`). ``stdin``/``stdout`` default to the terminal
+    (tests pass scripted streams)."""
     from cmikit.cip.agent import Agent, AgentConfig
     from cmikit.cip.evaluate import build, preflight, thresholds_for_seed
-    from cmikit.cip.knowledge import KnowledgeBaseError, normalize_answer
+    from cmikit.cip.game import GameSettings, describe_empty_set, play_game
+    from cmikit.cip.knowledge import KB_ALIASES, KnowledgeBase, KnowledgeBaseError
 
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
-    opts = _parse(PlayConfig, argv)
-    cfg = _play_cip_config(opts)  # every check happens here, before any model loads
+    opts = _parse(PlayConfig, argv, "play")
+    if opts.learn and opts.kb in KB_ALIASES:
+        raise KnowledgeBaseError(f"--learn writes learned items into the --kb FILE, and {opts.kb!r} is built in; "
+                                 f"give --kb FILE, or leave --learn out to keep them in {user_kb_path(opts.kb)}.")
+    user_kb = None if opts.learn else user_kb_path(opts.kb)
+    kb_arg = str(user_kb) if user_kb is not None and opts.learned and user_kb.is_file() else None
+    cfg = _play_cip_config(opts, kb_arg)  # every check happens here, before any model loads
     preflight(cfg)
-    kind = cfg.predictor
+    from cmikit.harness.runs import check_writable, usable_cache_dir
 
-    def say(text: str = "") -> None:
-        stdout.write(text + "\n")
-        stdout.flush()
+    check_writable("--transcript", opts.transcript)  # refused now, not after the game is played
+    kind = cfg.predictor
+    term = _Terminal(stdin or sys.stdin, stdout or sys.stdout, cfg.noun, kind == "llm")
+    say = term.say
+    base_kb = KnowledgeBase.load(cfg.kb)
+    if kb_arg:
+        say(f"Playing with the {cfg.noun}s learned in earlier games ({kb_arg}; --no_learned leaves them out).")
 
     say(f"Loading ({'LLM predictor: ' + cfg.model if kind == 'llm' else 'exact-Bayes table predictor'}) ...")
     setup = build(cfg)
@@ -171,83 +284,107 @@ def play(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None
     if not cfg.thresholds:
         cache_dir = play_cache_dir(cfg)
         cached = cache_dir / "thresholds" / f"seed{cfg.seeds[0]}.json"
+        problem = None if cached.is_file() else usable_cache_dir(cache_dir)
+        if problem:  # a read-only or full CMIKIT_CACHE: play anyway, calibrating without caching
+            say(f"note: the cache {cache_dir} cannot be written ({problem}); calibrating without caching.")
+            cache_dir = None
+        if kind == "llm" and not cached.is_file():
+            say(llm_cost_notice(setup, cfg))
+        where = f"cache {cached}" if cache_dir is not None else "not cached"
         say(f"{'Loading cached' if cached.is_file() else 'Calibrating'} conformal thresholds (alpha={cfg.alpha}, "
-            f"N={cfg.n_cal}, cache {cached}); pass --thresholds DIR (from `cip calibrate`) to use your own.")
-    thresholds = thresholds_for_seed(cfg, setup, cfg.seeds[0], cache_dir)
+            f"N={cfg.n_cal}, {where}); pass --thresholds DIR (from `cip calibrate`) to use your own.")
+    try:
+        thresholds = thresholds_for_seed(cfg, setup, cfg.seeds[0], cache_dir)
+    except KeyboardInterrupt:
+        say("\nInterrupted while calibrating; nothing was cached, so the next start calibrates from the beginning.")
+        return 130
     agent = Agent(setup.env, setup.predictor, thresholds,
                   AgentConfig(criterion=opts.criterion, alpha=cfg.alpha, n_est=cfg.n_est, est_source=cfg.est_source,
-                              max_queries=cfg.max_queries, stop_singleton=True, tie_break=cfg.tie_break))
+                              max_queries=cfg.max_queries, tie_break=cfg.tie_break))
+    settings = GameSettings(cfg.max_queries, opts.max_guesses, opts.none_threshold)
     names = setup.env.labels
-    say(f"\nThink of one of these {len(names)} {cfg.noun}s: {', '.join(names)}.")
-    say(f"I will ask up to {cfg.max_queries} yes/no questions (criterion {opts.criterion}; the conformal set holds "
-        f"the {cfg.noun} with probability >= {1 - cfg.alpha:.2f} on random histories).")
-    say("Answer each question with y (yes), n (no), u (unknown) or q (quit).\n")
+    say(f"\nThink of one of these {len(names)} {cfg.noun}s: {', '.join(names)} (or of another one: I will say "
+        "when I do not know it, and you can teach it to me).")
+    say(f"I will ask up to {cfg.max_queries} yes/no questions and make up to {opts.max_guesses} guesses "
+        f"(criterion {opts.criterion}; the conformal set holds your {cfg.noun} with probability >= "
+        f"{1 - cfg.alpha:.2f} on random histories, when it is one of these).")
+    say("Answer each question with y (yes), n (no), u (unknown: it counts as no answer) or q (quit).\n")
     transcript: dict[str, Any] = {"labels": names, "criterion": opts.criterion, "predictor": setup.model_name,
-                                  "steps": [], "turns": []}
-    clock = {"t": time.perf_counter()}
+                                  "kb": cfg.kb, "steps": [], "turns": term.turns}
 
     def show(step: dict[str, Any]) -> None:
         transcript["steps"].append(step)
         top = ", ".join(f"{name} {p:.2f}" for name, p in step["top"][:5])
         members = step["set"]
         if not members:
-            described = f"empty (no {cfg.noun} reaches tau_{step['k']} = {step['tau']:.3f})"
+            described = describe_empty_set(cfg.noun)
         elif len(members) <= 8:
             described = f"{len(members)}: {', '.join(members)}"
         else:
             described = f"{len(members)} {cfg.noun}s"
-        say(f"[k={step['k']}] top: {top}")
+        say(f"[k={step['k']}, {step['n_asked']} asked] top: {top}")
         say(f"       conformal set ({1 - cfg.alpha:.0%}): {described}")
-        clock["t"] = time.perf_counter()
-
-    def ask(question: str) -> str | None:
-        if kind == "llm":
-            say(f"       (chose this question in {time.perf_counter() - clock['t']:.1f} s)")
-        while True:
-            stdout.write(f"Q{len(transcript['turns']) + 1}: {question} [y/n/u/q] ")
-            stdout.flush()
-            line = stdin.readline()
-            if line == "":  # end of input (Ctrl-D)
-                say("")
-                return None
-            text = line.strip().lower()
-            if text in ("q", "quit", "exit"):
-                return None
-            try:
-                answer = normalize_answer(text)
-            except KnowledgeBaseError as err:
-                say(str(err))
-                continue
-            transcript["turns"].append([question, answer])
-            return answer
+        term.t = term.clock()
 
     path = Path(opts.transcript)
     try:
-        trace = agent.play(None, seed=cfg.seeds[0], answer_fn=ask, on_step=show)
+        trace = play_game(agent, setup.predictor, term, settings, seed=cfg.seeds[0], on_step=show)
     except KeyboardInterrupt:
         transcript["stop_reason"] = "interrupted"
         _save(path, transcript)
         say(f"\nInterrupted; transcript saved to {path}.")
         return 130
-    transcript.update(prediction=trace["prediction"], stop_reason=trace["stop_reason"])
-    last = trace["steps"][-1]
-    leading = ", ".join(f"{name} ({p:.2f})" for name, p in last["top"][:3])
-    if trace["stop_reason"] == "quit":
-        say(f"Stopped after {trace['n_queries']} answers. Leading candidates: {leading}.")
-    elif trace["stop_reason"] == "singleton":
-        say(f"\nMy answer: {trace['prediction']} (the conformal set holds only it, after {trace['n_queries']} "
-            "questions).")
+    transcript.update(outcome=trace["outcome"], reason=trace["reason"], prediction=trace["item"],
+                      guesses=trace["guesses"], stop_reason=trace["reason"] or trace["outcome"])
+    leading = ", ".join(f"{name} ({p:.2f})" for name, p in trace["steps"][-1]["top"][:3])
+    if trace["outcome"] == "quit":
+        say(f"Stopped after {trace['n_questions']} answers. Leading candidates: {leading}.")
+    elif trace["outcome"] == "confirmed":
+        say(f"\nGot it: {trace['item']} (after {trace['n_questions']} questions and {len(trace['guesses']) + 1} "
+            f"guess{'es' if trace['guesses'] else ''}).")
     else:
-        members = last.get("set", [])
-        if members:
-            say(f"\nOut of questions. My guess: {trace['prediction']}; the conformal set still holds "
-                f"{len(members)}: {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}.")
-        else:
-            say(f"\nOut of questions. My guess: {trace['prediction']} (no {cfg.noun} is certain enough for the set; "
-                f"leading candidates: {leading}).")
+        why = ("your answers fit none of them" if trace["reason"] == "none_of_these"
+               else f"my {len(trace['guesses'])} guesses were wrong")
+        say(f"\nI don't know it: your {cfg.noun} is not one of the {len(names)} I know ({why}).")
+        learned = _teach(term, base_kb, trace, cfg.noun, opts, user_kb)
+        if learned:
+            transcript["learned"] = learned
     _save(path, transcript)
     say(f"Transcript saved to {path}.")
     return 0
+
+
+def _teach(term: _Terminal, kb: Any, trace: dict[str, Any], noun: str, opts: PlayConfig,
+           user_kb: Path | None) -> dict[str, Any] | None:
+    """Ask the item's name and one question that tells it from a guess; save the new row."""
+    from cmikit.cip.game import a, learn_item, teach_target
+    from cmikit.cip.knowledge import KnowledgeBaseError
+
+    name = term.read(f"What {noun} were you thinking of? (Enter to skip) ")
+    if not name:
+        return None
+    if name in kb.classes:
+        term.say(f"{name} is one of the {noun}s I know; some answers must have differed from my table. Not saved.")
+        return None
+    other = teach_target(trace)
+    question = term.read(f"Give me a yes/no question that tells {a(name)} from {a(other)}: ") if other else None
+    answer = None
+    if question:
+        question = question if question.endswith("?") else question + "?"
+        verdict = term.yes_no(f"For {a(name)}, the answer to {question!r} is? [y/n] ")
+        answer = None if verdict is None else ("Yes." if verdict else "No.")
+        if answer is None:
+            question = None
+    try:
+        new_kb = learn_item(kb, trace, name, question, answer, other)
+    except KnowledgeBaseError as err:
+        term.say(f"Not saved: {err}")
+        return None
+    target = Path(opts.kb) if user_kb is None else user_kb
+    new_kb.save(target)
+    term.say(f"Saved {name} to {target} ({len(new_kb.classes)} {noun}s now). The next game plays with it; its "
+             "thresholds are recalibrated for the new knowledge base (learned rows are part of it).")
+    return {"name": name, "question": question, "answer": answer, "other": other, "file": str(target)}
 
 
 def _save(path: Path, data: dict[str, Any]) -> None:
@@ -259,7 +396,7 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 def calibrate_cmd(argv: Sequence[str]) -> int:
     from cmikit.cip.evaluate import CIPConfig, run_calibrate
 
-    cfg = _parse(CIPConfig, argv)
+    cfg = _parse(CIPConfig, argv, "calibrate")
     if "out_dir" not in _explicit_keys(argv):
         cfg.out_dir = "runs/cip_calibrate"
     th, path = run_calibrate(cfg)
@@ -272,7 +409,7 @@ def calibrate_cmd(argv: Sequence[str]) -> int:
 def eval_cmd(argv: Sequence[str]) -> int:
     from cmikit.cip.evaluate import CIPConfig, apply_quick, run_eval
 
-    cfg = apply_quick(_parse(CIPConfig, argv), _explicit_keys(argv))
+    cfg = apply_quick(_parse(CIPConfig, argv, "eval"), _explicit_keys(argv))
     summary = run_eval(cfg)
     print(summary_table(summary, cfg))
     return 0

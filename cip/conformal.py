@@ -177,15 +177,16 @@ class ConformalThresholds:
         path = Path(path)
         if not path.is_file():
             raise ThresholdsFileError(f"Thresholds file not found: {path}. Create it with `cip calibrate`.")
+        from cmikit.harness.errors import DataFileError
+        from cmikit.harness.schemas import ThresholdsFile, load_json
+
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            obj = cls(alpha=float(data["alpha"]) if alpha is None else alpha, scores=data["scores"],
-                      labels=list(data["labels"]), quantile_rule=data.get("quantile_rule", "finite-sample"),
-                      set_rule=data.get("set_rule", ">="), model=data.get("model", ""),
-                      seed=int(data.get("seed", 0)), metadata=data.get("metadata", {}))
-        except (KeyError, TypeError, ValueError, AttributeError) as err:  # JSON, UTF-8 and shape problems
-            raise ThresholdsFileError(f"{path} is not a thresholds file written by `cip calibrate` "
-                                      f"({type(err).__name__}: {str(err)[:80]}).") from err
+            data = load_json(path, ThresholdsFile, "thresholds file written by `cip calibrate`")
+        except DataFileError as err:
+            raise ThresholdsFileError(str(err)) from None
+        obj = cls(alpha=data.alpha if alpha is None else alpha, scores=data.scores, labels=list(data.labels),
+                  quantile_rule=data.quantile_rule, set_rule=data.set_rule, model=data.model, seed=data.seed,
+                  metadata=dict(data.metadata))
         if labels is not None:
             obj.check_labels(labels)
         return obj

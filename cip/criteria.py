@@ -15,9 +15,9 @@ posteriors p_i = f(S_k + (q, a_i))), with C_i = {y : p_{i,y} >= tau_{k+1}}:
   e * mean_{not I} log2(|Y| - |C_i|). The fixed-alpha forms reward questions that leave every simulated set
   empty (nothing learned, tau above every probability): ``cip-code`` then scores h_b(alpha) +
   alpha * log2|Y|, its best value, and ``cip-paper`` log2(0). With e = 1 that case scores log2|Y|, its worst.
-* ``cip-floor`` (our extension, the default; derivation in docs/cip.md): the paper's objective with every
-  empty simulated set counted as the current step's set C_k (|Y| if that is empty too): an answer that
-  empties the set has taught nothing the conformal procedure can act on. Equal to ``cip-paper`` whenever no
+* ``cip-floor`` (our extension, the default; a heuristic with an IP tie-break, docs/cip.md): the paper's
+  objective with every empty simulated set counted as the current step's set C_k (|Y| if that is empty
+  too): an answer that empties the set has taught nothing the conformal procedure can act on. Equal to ``cip-paper`` whenever no
   simulated set is empty; label-free. Ties (integer sizes) go to the lower expected entropy (weight 1e-6).
 * ``cip-selffano`` (our extension): Fano's bound per simulated posterior with its own miscoverage of its set,
   e_i = 1 - p_i(C_i): h_b(e_i) + (1 - e_i) log2|C_i| + e_i log2(|Y| - |C_i|), averaged; label-free.

@@ -15,7 +15,6 @@ Every environment offers the same small interface used by the agent (:mod:`cmiki
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import re
@@ -244,30 +243,21 @@ def fact_to_question(fact: str) -> str:
 
 def _parse_case(row: dict[str, Any], specialty: str = "", path: str | Path | None = None,
                 line: int | None = None) -> MediQCase:
-    def as_obj(value: Any) -> Any:
-        if isinstance(value, str) and value[:1] in "[{":
-            try:
-                return ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                return json.loads(value)
-        return value
+    from cmikit.harness.errors import DataFileError
+    from cmikit.harness.schemas import MediQRow, validate
 
+    if isinstance(row, dict) and "id" not in row and "" in row:  # a CSV's unnamed index column
+        row = {**row, "id": row[""]}
     try:
-        context = as_obj(row["context"])
-        options = as_obj(row["options"])
-        facts = [_NUMBER.sub("", f).strip() for f in as_obj(row["facts"])]
-        case = MediQCase(id=str(row.get("id", row.get("", ""))), question=str(row["question"]),
-                         options={str(k): str(v) for k, v in options.items()}, answer_idx=str(row["answer_idx"]),
-                         initial_info=str(context[0]) if context else "", facts=[f for f in facts if f],
-                         specialty=str(row.get("specialty", specialty) or specialty))
-    except (KeyError, TypeError, IndexError, AttributeError, ValueError, SyntaxError) as err:
-        raise EnvironmentSetupError(f"MediQ row is missing or mangles a field ({type(err).__name__}: "
-                                    f"{str(err)[:60]}); expected question, context, options, answer_idx and facts.",
-                                    path=path, line=line) from err
-    if case.answer_idx not in case.options:
-        raise EnvironmentSetupError(f"MediQ case {case.id}: answer_idx {case.answer_idx!r} is not an option "
-                                    f"({sorted(case.options)}).", path=path, line=line)
-    return case
+        case = validate(MediQRow, row, path, line=line,
+                        what="MediQ case (question, context, options, answer_idx, facts)")
+    except DataFileError as err:
+        raise EnvironmentSetupError(str(err)) from None
+    context = case.context if isinstance(case.context, list) else [case.context]
+    facts = [_NUMBER.sub("", f).strip() for f in case.facts]
+    return MediQCase(id=case.id or "", question=case.question, options=dict(case.options),
+                     answer_idx=case.answer_idx, initial_info=context[0] if context else "",
+                     facts=[f for f in facts if f], specialty=case.specialty or specialty)
 
 
 def load_mediq_jsonl(path: str | Path, limit: int | None = None) -> list[MediQCase]:
@@ -275,26 +265,21 @@ def load_mediq_jsonl(path: str | Path, limit: int | None = None) -> list[MediQCa
     path = Path(path)
     if not path.is_file():
         raise EnvironmentSetupError(f"MediQ file not found: {path}.")
+    from cmikit.harness.errors import DataFileError
+    from cmikit.harness.schemas import iter_jsonl
+
     cases = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise EnvironmentSetupError(f"not a JSON object ({err.msg}, column {err.colno}); each line of a "
-                                                "MediQ .jsonl file must be one case.", path=path, line=number) from err
-                if not isinstance(row, dict):
-                    raise EnvironmentSetupError("not a JSON object; each line must be one case.", path=path,
-                                                line=number)
-                cases.append(_parse_case(row, path=path, line=number))
-                if limit is not None and len(cases) >= limit:
-                    break
-    except UnicodeDecodeError as err:
-        raise EnvironmentSetupError(f"not UTF-8 text (byte {err.start}); MediQ files are UTF-8 JSON lines.",
-                                    path=path) from err
+        for number, _raw, row in iter_jsonl(path, "MediQ .jsonl file (one case per line)"):
+            if isinstance(row, DataFileError):
+                raise row
+            cases.append(_parse_case(row, path=path, line=number))
+            if limit is not None and len(cases) >= limit:
+                break
+    except EnvironmentSetupError:
+        raise
+    except DataFileError as err:
+        raise EnvironmentSetupError(str(err)) from None
     if not cases:
         raise EnvironmentSetupError("holds no cases.", path=path)
     return cases

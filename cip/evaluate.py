@@ -44,6 +44,7 @@ def validate_common(cfg: Any) -> None:
     check_at_least("max_candidates", cfg.max_candidates, 1, allow_none=True)
     check_at_least("batch_size", cfg.batch_size, 1)
     check_range("table_noise", cfg.table_noise, 0, 0.5, high_open=True)
+    check_range("none_prior", getattr(cfg, "none_prior", 0.0), 0, 1, high_open=True)
     check_at_least("stop_epsilon", getattr(cfg, "stop_epsilon", 0.0), 0.0)
     if cfg.quantile_rule == "finite-sample" and cfg.n_cal < min_calibration_size(cfg.alpha):
         raise ConfigError(f"--n_cal {cfg.n_cal} is too small for --alpha {cfg.alpha}: the finite-sample threshold "
@@ -81,6 +82,9 @@ class CIPConfig:
         "help": "allow a Hub model's own code to run when it is loaded (off by default)"})
     label_style: str = field(default="names", metadata={"choices": ["names", "letters"]})
     table_noise: float = 0.05
+    none_prior: float = field(default=0.0, metadata={"help": (
+        "prior of an explicit 'none of these' hypothesis in the predictor (answers under it follow each "
+        "question's base rate); 0 = off. cip play uses 0.1: calibrate with the same value for its --thresholds")})
     batch_size: int = 64
     alpha: float = 0.1
     n_cal: int = 100
@@ -133,6 +137,8 @@ class CIPConfig:
             raise ConfigError("--seeds is empty; give one or more integer seeds (e.g. --seeds 0 1 2).")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds {' '.join(map(str, self.seeds))}: a seed is listed twice.")
+        for seed in self.seeds:
+            check_at_least("--seeds", seed, 0)
         check_at_least("n_games", self.n_games, 1, allow_none=True)
         check_at_least("n_candidates", self.n_candidates, 1)
         if not self.alphas:
@@ -209,7 +215,13 @@ def build(cfg: CIPConfig, backend: Any = None) -> Setup:
         TwentyQuestions,
         load_mediq_split,
     )
-    from cmikit.cip.predictors import LLMPredictor, MediQPrompt, TablePredictor, TwentyQuestionsPrompt
+    from cmikit.cip.predictors import (
+        LLMPredictor,
+        MediQPrompt,
+        OpenWorldPredictor,
+        TablePredictor,
+        TwentyQuestionsPrompt,
+    )
 
     kind = resolve_predictor_kind(cfg)
     needs_llm = kind == "llm" or cfg.answerer == "llm" or cfg.query_set == "open" or "direct" in cfg.methods
@@ -247,6 +259,8 @@ def build(cfg: CIPConfig, backend: Any = None) -> Setup:
     else:
         predictor = TablePredictor(kb, noise=cfg.table_noise)
         model_name = f"table(noise={cfg.table_noise})"
+    if cfg.none_prior > 0:
+        predictor = OpenWorldPredictor(predictor, kb, noise=cfg.table_noise, none_prior=cfg.none_prior)
     if answerer is None:
         sampler = UniformHistorySampler.from_knowledge_base(kb, replacement=cfg.replacement)
     else:
@@ -294,22 +308,85 @@ def predictor_name(cfg: Any) -> str:
     return cfg.model if resolve_predictor_kind(cfg) == "llm" else f"table(noise={cfg.table_noise})"
 
 
-def check_thresholds_fit(th: ConformalThresholds, cfg: Any, labels: list[str], model_name: str,
+def predictor_settings(cfg: Any) -> dict[str, Any]:
+    """Every predictor setting that changes its probabilities (and so the thresholds)."""
+    kind = resolve_predictor_kind(cfg)
+    if getattr(cfg, "task", "20q") == "mediq":
+        out: dict[str, Any] = {"kind": "llm", "model": cfg.model, "prompt": "mediq"}
+    elif kind == "llm":
+        out = {"kind": "llm", "model": cfg.model, "noun": cfg.noun, "label_style": cfg.label_style,
+               "answer_style": getattr(cfg, "answer_style", "yes_no")}
+    else:
+        out = {"kind": "table", "noise": cfg.table_noise}
+    if getattr(cfg, "none_prior", 0.0) > 0:
+        out.update(none_prior=cfg.none_prior, none_noise=cfg.table_noise)
+    return out
+
+
+def thresholds_identity(cfg: Any, kb: KnowledgeBase | None) -> dict[str, Any]:
+    """What made a set of thresholds: the knowledge base's content hash (or the MediQ split), the predictor's
+    full settings and the set rule. Stored in the thresholds file's metadata; :func:`check_thresholds_fit`
+    refuses a file whose identity differs from the run's, naming the key."""
+    data = kb.content_hash() if kb is not None else f"mediq/{cfg.specialty}/split{cfg.split}"
+    return {"kb_sha256" if kb is not None else "data": data, "predictor": predictor_settings(cfg),
+            "set_rule": cfg.set_rule}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def calibrate_command(cfg: Any, max_queries: int | None = None) -> str:
+    """The ``cip calibrate`` command that makes thresholds fitting this run."""
+    parts = [f"cip calibrate --kb {getattr(cfg, 'kb', '...')} --predictor {resolve_predictor_kind(cfg)}"]
+    if resolve_predictor_kind(cfg) == "llm":
+        parts.append(f"--model {cfg.model} --noun {cfg.noun} --label_style {cfg.label_style}")
+    else:
+        parts.append(f"--table_noise {cfg.table_noise}")
+    if getattr(cfg, "none_prior", 0.0) > 0:
+        parts.append(f"--none_prior {cfg.none_prior}")
+    parts.append(f"--set_rule '{cfg.set_rule}' --max_queries {max_queries or cfg.max_queries} --out_dir DIR")
+    return " ".join(parts)
+
+
+def check_thresholds_fit(th: ConformalThresholds, cfg: Any, labels: list[str], identity: dict[str, Any],
                          path: str | Path) -> None:
-    """Refuse a thresholds file that does not fit this run (ThresholdsError naming what differs and how to
-    recalibrate): calibrated for fewer questions than ``max_queries``, another predictor or model, another
-    label set (the label check is :meth:`ConformalThresholds.check_labels`)."""
+    """Refuse a thresholds file that does not fit this run, in one line naming what differs and how to
+    recalibrate: another label set (:meth:`ConformalThresholds.check_labels`), fewer questions than
+    ``max_queries``, or any key of :func:`thresholds_identity` (knowledge-base content, predictor settings,
+    set rule)."""
     from cmikit.cip.conformal import ThresholdsFileError
 
-    how = (f"recalibrate with `cip calibrate --kb {getattr(cfg, 'kb', '...')} --predictor "
-           f"{resolve_predictor_kind(cfg)} --max_queries {cfg.max_queries} --out_dir DIR` and pass --thresholds DIR")
+    how = f"recalibrate with `{calibrate_command(cfg)}` and pass --thresholds DIR"
     th.check_labels(labels)
-    if max(th.lengths) < cfg.max_queries:
-        raise ThresholdsFileError(f"{path} was calibrated for histories of up to {max(th.lengths)} questions but "
-                                  f"--max_queries {cfg.max_queries} needs {cfg.max_queries}; {how}.")
-    if th.model and th.model != model_name:
-        raise ThresholdsFileError(f"{path} was calibrated with the predictor {th.model!r}, this run uses "
-                                  f"{model_name!r}; {how}.")
+    budget = max(th.lengths) - 1  # `cip calibrate --max_queries B` calibrates k = 0..B+1 (one step of lookahead)
+    if budget < cfg.max_queries:
+        raise ThresholdsFileError(f"{path} was calibrated for up to {budget} questions (--max_queries {budget}) but "
+                                  f"this run asks up to {cfg.max_queries}; {how}.")
+    theirs = th.metadata.get("identity")
+    if not isinstance(theirs, dict):
+        raise ThresholdsFileError(f"{path} does not record what made it (knowledge-base hash, predictor settings, "
+                                  f"set rule; written by an older cmikit); {how}.")
+    mine, theirs = _flat(identity), _flat(theirs)
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
+            raise ThresholdsFileError(f"{path} does not fit this run: {key} is {theirs.get(key)!r} there and "
+                                      f"{mine.get(key)!r} here; {how}.")
+
+
+def calibrate_for(cfg: Any, setup: Setup, seed: int) -> ConformalThresholds:
+    """Alg. 1 for this run's predictor and sampler (k = 0..max_queries+1), with the identity recorded."""
+    th = calibrate(setup.predictor, setup.sampler, cfg.alpha, cfg.n_cal, cfg.max_queries + 1, seed=seed,
+                   min_length=0, quantile_rule=cfg.quantile_rule, set_rule=cfg.set_rule, model=setup.model_name,
+                   progress=cfg.progress)
+    th.metadata["identity"] = thresholds_identity(cfg, getattr(setup.env, "kb", None))
+    return th
 
 
 def thresholds_for_seed(cfg: CIPConfig, setup: Setup, seed: int, out_dir: Path | None) -> ConformalThresholds:
@@ -318,16 +395,16 @@ def thresholds_for_seed(cfg: CIPConfig, setup: Setup, seed: int, out_dir: Path |
     if cfg.thresholds:
         path = thresholds_path(cfg.thresholds)
         th = ConformalThresholds.load(path)
-        check_thresholds_fit(th, cfg, list(setup.predictor.labels), setup.model_name, path)
+        identity = thresholds_identity(cfg, getattr(setup.env, "kb", None))
+        check_thresholds_fit(th, cfg, list(setup.predictor.labels), identity, path)
         return th.with_alpha(cfg.alpha)
     path = out_dir / "thresholds" / f"seed{seed}.json" if out_dir is not None else None
     if path is not None and path.is_file():
         th = ConformalThresholds.load(path, labels=setup.predictor.labels)
-        if th.n_cal == cfg.n_cal and max(th.lengths) >= cfg.max_queries + 1 and th.model == setup.model_name:
+        if (th.n_cal == cfg.n_cal and max(th.lengths) >= cfg.max_queries + 1 and th.metadata.get("identity")
+                == thresholds_identity(cfg, getattr(setup.env, "kb", None))):
             return th.with_alpha(cfg.alpha, cfg.quantile_rule)
-    th = calibrate(setup.predictor, setup.sampler, cfg.alpha, cfg.n_cal, cfg.max_queries + 1, seed=seed,
-                   min_length=0, quantile_rule=cfg.quantile_rule, set_rule=cfg.set_rule, model=setup.model_name,
-                   progress=cfg.progress)
+    th = calibrate_for(cfg, setup, seed)
     if path is not None:
         th.save(path)
     return th
@@ -454,8 +531,17 @@ def mediq_root(cfg: Any) -> Path:
     return data_dir("mediq")
 
 
-# Settings that do not change results: not fingerprinted (alphas only shape the summary, recomputed each run).
-RUN_IGNORE = ("out_dir", "progress", "overwrite", "batch_size", "quick", "alphas")
+# The settings that change the results of `cip calibrate` / `cip eval` (the run identity, cmikit.harness.runs): a
+# new option that changes results belongs here. Not listed, so recorded in run.json but not refusing a resume:
+# out_dir, overwrite, progress, batch_size (records are per game), quick (it only sets listed options), alphas
+# (they only shape the summary, recomputed each run), trust_remote_code, mediq_dir (the files are hashed).
+CIP_IDENTITY = (
+    "task", "kb", "noun", "answerer", "answer_style", "query_set", "n_candidates", "max_candidates", "predictor",
+    "model", "label_style", "table_noise", "none_prior", "alpha", "n_cal", "quantile_rule", "set_rule", "replacement",
+    "trajectories", "thresholds", "methods", "n_est", "est_source", "max_queries", "stop_epsilon", "tie_break",
+    "nonempty_sets", "record_candidates", "ip_no_replacement", "mediq_alpha_n", "seeds", "n_games", "specialty",
+    "split",
+)
 
 
 def run_inputs(cfg: CIPConfig) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -488,12 +574,13 @@ def preflight(cfg: Any) -> list[str]:
 
         for role in ("train", "cal", "test"):
             load_mediq_split(mediq_root(cfg), cfg.specialty, cfg.split, role)
-        labels = ["A", "B", "C", "D"]
+        labels, kb = ["A", "B", "C", "D"], None
     else:
-        labels = list(KnowledgeBase.load(cfg.kb).classes)
+        kb = KnowledgeBase.load(cfg.kb)
+        labels = list(kb.classes)
     if getattr(cfg, "thresholds", None):
         path = thresholds_path(cfg.thresholds)
-        check_thresholds_fit(ConformalThresholds.load(path), cfg, labels, predictor_name(cfg), path)
+        check_thresholds_fit(ConformalThresholds.load(path), cfg, labels, thresholds_identity(cfg, kb), path)
     return labels
 
 
@@ -503,7 +590,7 @@ def _open(cfg: CIPConfig, kind: str):
 
     preflight(cfg)
     files, models = run_inputs(cfg)
-    return open_run(cfg.out_dir, kind, config_to_dict(cfg), ignore=RUN_IGNORE, files=files, models=models,
+    return open_run(cfg.out_dir, kind, config_to_dict(cfg), keys=CIP_IDENTITY, files=files, models=models,
                     overwrite=cfg.overwrite)
 
 
@@ -515,9 +602,7 @@ def run_calibrate(cfg: CIPConfig, seed: int | None = None) -> tuple[ConformalThr
             return ConformalThresholds.load(path), path
         setup = build(cfg)
         seed = cfg.seeds[0] if seed is None else seed
-        th = calibrate(setup.predictor, setup.sampler, cfg.alpha, cfg.n_cal, cfg.max_queries + 1, seed=seed,
-                       min_length=0, quantile_rule=cfg.quantile_rule, set_rule=cfg.set_rule, model=setup.model_name,
-                       progress=cfg.progress)
+        th = calibrate_for(cfg, setup, seed)
         th.save(path)
     return th, path
 

@@ -8,6 +8,9 @@
   game history) is computed once.
 * :class:`TablePredictor`: exact Bayes over a knowledge base with a symmetric answer-noise rate: fast, and a
   ground truth for tests. It is this project's addition (the paper uses LLMs only).
+* :class:`OpenWorldPredictor`: wraps either one with an explicit "none of these" hypothesis (answers under it
+  follow each question's base rate in the knowledge base) and the items a player has ruled out (a rejected
+  guess). Our addition for ``cip play``.
 
 Prompts are the project's own wording (:class:`TwentyQuestionsPrompt`, :class:`MediQPrompt`).
 """
@@ -49,6 +52,7 @@ class TablePredictor(Predictor):
     Each yes/no answer is assumed to agree with the table with probability ``1 - noise`` (answers that are
     neither yes nor no, or questions outside the bank, carry no information). ``noise = 0`` gives the
     hard-elimination posterior; a little noise keeps a wrong answer from eliminating the true item forever.
+    An unknown cell (a learned item's unanswered question) says yes with the question's base rate.
     """
 
     name = "table"
@@ -65,7 +69,16 @@ class TablePredictor(Predictor):
             raise PredictorError(f"prior must be {len(self.labels)} non-negative weights, got {prior!r}.")
         self.log_prior = np.log(np.clip(prior_arr / prior_arr.sum(), 1e-300, None))
         eps = max(noise, 1e-12)
-        self._log_agree, self._log_disagree = np.log1p(-eps), np.log(eps)
+        # P(answer yes | item, question): 1 - eps where the table says yes, eps where it says no, the
+        # question's base rate (kept within [eps, 1 - eps]) where the cell is unknown.
+        # (log1p(-eps) and log(eps) exactly as before unknown cells existed: thresholds are compared with >=.)
+        agree, disagree = np.log1p(-eps), np.log(eps)
+        self._log_yes = np.where(kb.table == 1, agree, disagree)
+        self._log_no = np.where(kb.table == 0, agree, disagree)
+        unknown = kb.table < 0
+        if unknown.any():
+            rate = np.broadcast_to(np.clip(kb.base_rates(), eps, 1 - eps), kb.table.shape)[unknown]
+            self._log_yes[unknown], self._log_no[unknown] = np.log(rate), np.log1p(-rate)
         self._memo: dict[History, np.ndarray] = {}
 
     def _turn_log_likelihood(self, turn: Any) -> np.ndarray | None:
@@ -73,7 +86,7 @@ class TablePredictor(Predictor):
         pol = answer_polarity(turn.answer)
         if j is None or pol is None:
             return None
-        return np.where(self.kb.table[:, j] == pol, self._log_agree, self._log_disagree)
+        return self._log_yes[:, j] if pol == 1 else self._log_no[:, j]
 
     def log_likelihood(self, history: History) -> np.ndarray:
         """Sum of per-answer log-likelihoods; memoised by history, so the candidates of one step (which
@@ -97,6 +110,76 @@ class TablePredictor(Predictor):
         logits -= logits.max(axis=1, keepdims=True) if len(histories) else 0
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------- open world
+class OpenWorldPredictor(Predictor):
+    """A predictor over the knowledge base's items plus an explicit "none of these" hypothesis (our addition).
+
+    The hypotheses are the items of ``kb`` (prior ``(1 - none_prior) / |Y|`` each) and *none* (prior
+    ``none_prior``). Under an item, answers follow the table with ``noise`` (:class:`TablePredictor`); under
+    *none*, question q is answered yes with its base rate in the knowledge base. Then
+
+        P(none | S) = none_prior L_none(S) / (none_prior L_none(S) + (1 - none_prior) mean_y L_y(S))
+
+    and ``predict`` returns P(y | S) = (1 - P(none | S)) f(S)_y, where f is the wrapped predictor (for the
+    table predictor this is exact Bayes over items + none). Rows therefore sum to ``1 - P(none | S)``; the
+    conformal sets use these probabilities, and calibration (which draws items of the knowledge base) sees
+    the same function, so the guarantee for items in the base is unchanged. ``rejected`` items (guesses
+    the player said no to) get probability 0 and their mass is renormalised over the rest: since the
+    remaining probabilities only grow, every conformal set keeps the members it had minus the rejected
+    ones, which a truthful "no" shows are not the answer.
+    """
+
+    def __init__(self, inner: Predictor, kb: KnowledgeBase, noise: float = 0.05, none_prior: float = 0.1) -> None:
+        if not 0 < none_prior < 1:
+            raise PredictorError(f"none_prior must be in (0, 1) (the prior of 'none of these'), got {none_prior}.")
+        if list(inner.labels) != list(kb.classes):
+            raise PredictorError("OpenWorldPredictor: the wrapped predictor's labels differ from the knowledge base's.")
+        self.inner, self.kb, self.none_prior = inner, kb, none_prior
+        self.labels = list(inner.labels)
+        self.name = f"{inner.name}+none"
+        self.evidence = inner if isinstance(inner, TablePredictor) and inner.noise == noise else TablePredictor(kb, noise)
+        rates = np.clip(kb.base_rates(), max(noise, 1e-12), 1 - max(noise, 1e-12))
+        self._log_none_yes, self._log_none_no = np.log(rates), np.log1p(-rates)
+        self.rejected: set[int] = set()
+
+    def _log_none(self, history: History) -> float:
+        total = 0.0
+        for turn in history:
+            j, pol = self.kb.question_index.get(turn.question), answer_polarity(turn.answer)
+            if j is not None and pol is not None:
+                total += self._log_none_yes[j] if pol == 1 else self._log_none_no[j]
+        return total
+
+    def _keep(self) -> np.ndarray:
+        keep = np.ones(len(self.labels), dtype=bool)
+        keep[list(self.rejected)] = False
+        return keep
+
+    def none_probabilities(self, histories: Sequence[History]) -> np.ndarray:
+        """P(none of these | S) for each history (with the rejected items ruled out)."""
+        keep = self._keep()
+        out = np.zeros(len(histories))
+        for i, h in enumerate(histories):
+            log_items = self.evidence.log_likelihood(h)[keep]
+            if not len(log_items):
+                out[i] = 1.0
+                continue
+            top = max(float(log_items.max()), self._log_none(h))
+            items = (1 - self.none_prior) / len(self.labels) * np.exp(log_items - top).sum()
+            none = self.none_prior * np.exp(self._log_none(h) - top)
+            out[i] = none / (none + items)
+        return out
+
+    def predict(self, histories: Sequence[History], contexts: Sequence[Any] | None = None) -> np.ndarray:
+        probs = self.inner.predict(histories, contexts)
+        if not len(histories):
+            return probs
+        keep = self._keep()
+        probs = probs * keep
+        probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-300, None)
+        return probs * (1 - self.none_probabilities(histories))[:, None]
 
 
 # ------------------------------------------------------------------------------------------- prompts

@@ -11,6 +11,7 @@ model                                     attention given to ``forward``      lo
 LLaDA remote code (``model_type=llada``)  2D key mask (``None`` if no pads)   unshifted
 Dream remote code (``model_type=Dream``)  4D bool mask + position ids         shifted (``cat``)
 ``config.is_bidirectional`` checkpoints   4D bool mask + position ids         ``config.shift_logits``
+(native LLaDA / Dream included)
 BERT-style ``*ForMaskedLM``               2D key mask                         unshifted
 stock ``*ForCausalLM`` (opt in)           4D bool mask + position ids         ``shift_logits`` arg
 ========================================  ==================================  =====================
@@ -18,10 +19,11 @@ stock ``*ForCausalLM`` (opt in)           4D bool mask + position ids         ``
 KV caches (``cache="prefix"`` / ``"dual"``, see :class:`BlockKVCache`) work for every transformers model
 driven through a 4D mask (stock causal classes made bidirectional, ``is_bidirectional`` checkpoints): the
 adapter hands the model a cache object whose ``update`` returns the stored keys/values of the positions
-outside the window plus the window's fresh ones. Remote-code LLaDA / Dream checkpoints run their own
-modelling code: LLaDA's asserts that masked diffusion has no KV cache and Dream's has no block cache for a
-bidirectional canvas, so both are refused with a message (Fast-dLLM ships modified modelling files for that,
-which this loop does not drive); BERT-style encoders have no cache either.
+outside the window plus the window's fresh ones. LLaDA / Dream loaded by :func:`cmikit.harness.models.load_model`
+without ``trust_remote_code`` are transformers' own Llama / Qwen2 classes (:mod:`cmikit.harness.native_dlm`), so
+the cache works on them. Their remote code (``trust_remote_code=True``) is refused with a message: LLaDA's asserts
+that masked diffusion has no KV cache and Dream's has no block cache for a bidirectional canvas (Fast-dLLM ships
+modified modelling files for that, which this loop does not drive); BERT-style encoders have no cache either.
 
 A stock causal class without ``bidirectional=True`` is refused: it would attend causally and produce
 garbage for a masked-diffusion loop. The 4D mask comes from :func:`cmikit.harness.testing.bidirectional_attention_mask`
@@ -169,7 +171,8 @@ class DiffusionModelAdapter:
                    "its modelling code has no block cache for a bidirectional canvas")
             raise ModelRefError(
                 f"cache={mode!r}: the {self.kind} remote-code checkpoint cannot reuse keys/values ({why}; "
-                "Fast-dLLM ships modified modelling files for that, which this loop does not drive); decode with "
+                "Fast-dLLM ships modified modelling files for that, which this loop does not drive); load it "
+                "without trust_remote_code (transformers' own class, where the cache works) or decode with "
                 "cache='none'."
             )
         if self.attention != "4d":
@@ -492,7 +495,9 @@ def adapt(
     elif model_type == "dream":
         kind, attention, default_shift = "dream", "4d", True
     elif getattr(config, "is_bidirectional", False):
-        kind, attention, default_shift = "bidirectional", "4d", bool(getattr(config, "shift_logits", False))
+        native = getattr(config, "diffusion_format", None)  # LLaDA / Dream on transformers' own class
+        kind = f"{native}-native" if native else "bidirectional"
+        attention, default_shift = "4d", bool(getattr(config, "shift_logits", False))
     elif is_masked_lm:
         kind, attention, default_shift = "masked-lm", "2d", False
     elif bidirectional:

@@ -1,9 +1,10 @@
 """``dlm-decode``: decode with a masked diffusion LM, benchmark the strategies, train the tiny DLM.
 
-    dlm-decode generate --model llada-8b-instruct --trust-remote-code --prompt "..." --strategy ccd
+    dlm-decode generate --model llada-8b-instruct --prompt "..." --strategy ccd --cache dual
     dlm-decode generate --model tiny --prompt "abcdefghabcdefghabcdefgh,abcdefghabcdefghabcdefga=" --gen-length 24 --strategy ccd
     dlm-decode bench [--quick] [--out bench_out] [--parts cache] [--overwrite]
     dlm-decode train-tiny [--steps 3000] [--output DIR]
+    dlm-decode convert GSAI-ML/LLaDA-8B-Instruct llada-native/   (or a downloaded folder; also Dream)
 
 Every user error (a bad option value, unequal prompts, a run folder made with other settings) ends as one line
 ``error: ...`` with exit code 2, found before any model loads where it can be.
@@ -11,107 +12,120 @@ Every user error (a bad option value, unequal prompts, a run folder made with ot
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmikit.decoding.config import CACHE_MODES, NUMERICS, STRATEGIES, DiffusionGenerationConfig
-from cmikit.harness.config import check_at_least, check_choice, strict_bool
+from cmikit.decoding.config import DiffusionGenerationConfig
+from cmikit.harness.config import check_at_least, check_choice, parse_config
 from cmikit.harness.errors import ConfigError
 
-_SKIP = {"extra", "output_history"}
+# DiffusionGenerationConfig fields that are not options of `dlm-decode generate`.
+_SKIP = ("extra", "output_history")
 BENCH_PARTS = ("accuracy", "overhead", "cache")
+BENCH_TASKS = ("copy-one-of-two", "one-class-upper")
+
+USAGE = """usage: dlm-decode <command> [--config FILE.yaml] [--key value ...]
+
+commands:
+  generate    decode prompts with a masked diffusion LM (every DiffusionGenerationConfig field is an option)
+  bench       accuracy vs NFE on the tiny DLM, loop overhead and KV cache speed (writes bench.json/png)
+  train-tiny  train the tiny DLM (runs scripts/train_tiny_dlm.py; pass its flags after)
+  convert     SRC DST: write a released LLaDA / Dream checkpoint once as transformers' own LlamaForCausalLM /
+              Qwen2ForCausalLM (safetensors, loads without remote code); SRC a folder, alias or Hub id
+
+examples:
+  dlm-decode generate --model tiny --prompt "abcdefghabcdefghabcdefgh,abcdefghabcdefghabcdefga=" --gen-length 24 --strategy ccd
+  dlm-decode bench --quick --out bench_out
+
+Options take --x-y or --x_y, booleans --x / --x false / --no-x (docs/harness.md). `dlm-decode <command> --help`
+lists every option of a command."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become :class:`ConfigError` (one ``error:`` line, exit 2, via run_cli)."""
+@dataclass
+class GenerateOptions:
+    """Options of ``dlm-decode generate`` besides the :class:`DiffusionGenerationConfig` fields."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
-        raise ConfigError(f"{self.prog}: {message} (see `{self.prog} --help`)")
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(DiffusionGenerationConfig):
-        if f.name in _SKIP:
-            continue
-        flag = f"--{f.name.replace('_', '-')}"
-        default = f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, type=strict_bool, default=default, metavar="BOOL",
-                                help=f"true/false (default: {default})")
-        elif f.name == "strategy":
-            parser.add_argument(flag, choices=STRATEGIES, default=default, help=f"default: {default}")
-        elif f.name == "cache":
-            parser.add_argument(flag, choices=CACHE_MODES, default=default,
-                                help="KV cache: none, prefix or dual (Fast-dLLM); default: none")
-        elif f.name == "numerics":
-            parser.add_argument(flag, choices=NUMERICS, default=default,
-                                help="float32 (default) or reference (model dtype, F.softmax, torch.topk)")
-        elif f.name == "ccd_tokens_from":
-            parser.add_argument(flag, choices=("mixture", "current"), default=default, help=f"default: {default}")
-        elif default is None or f.name in ("ccd_entropy_threshold",):
-            parser.add_argument(flag, type=_none_or_number, default=default, help=f"default: {default}")
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"default: {default}")
+    model: str = field(default="tiny", metadata={
+        "help": "'tiny' (the trained tiny DLM), a registry alias, Hub id or folder"})
+    prompt: list[str] = field(default_factory=list, metadata={"repeat": True, "help": "repeat for a batch"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "run the checkpoint's own modelling code (LLaDA / Dream load natively without it)"})
+    dtype: str = "auto"
+    chat: bool = field(default=False, metadata={"help": "wrap prompts in the tokenizer's chat template"})
+    bidirectional: bool = field(default=False, metadata={"help": "drive a stock causal class bidirectionally"})
+    mask_token_id: int | None = field(default=None, metadata={"help": "override the model's mask token id"})
+    keep_special: bool = field(default=False, metadata={"help": "keep special tokens in the printed completion"})
 
 
-def _none_or_number(text: str):
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text) if any(c in text.lower() for c in ".en") else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or none)") from None
+@dataclass
+class BenchOptions:
+    """Options of ``dlm-decode bench``."""
+
+    quick: bool = field(default=False, metadata={"help": "a few settings, 64 problems, short overhead and cache runs"})
+    out: str = field(default="bench_out", metadata={"help": "run folder (run.json records the settings)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "empty a run folder made with other settings and start over"})
+    parts: list[str] = field(default_factory=lambda: list(BENCH_PARTS), metadata={
+        "choices": BENCH_PARTS, "help": "what to run (default: all): accuracy (tiny DLM grid), overhead (loop vs "
+                                        "forward time), cache (KV cache speed and accuracy)"})
+    model_path: str | None = field(default=None, metadata={
+        "help": "tiny DLM checkpoint folder (default: packaged/cache)"})
+    overhead_model: str = field(default="smollm2-135m-instruct", metadata={
+        "help": "model for the overhead and cache timings (made bidirectional; timing only)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow the timing model's own modelling code"})
+    no_overhead: bool = field(default=False, metadata={
+        "help": "skip the ~135M overhead measurement (= --parts without overhead)"})
+    batch_size: int = 128
+    n_problems: int | None = None
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0], metadata={
+        "help": "sampling temperatures to sweep (default: 0 1)"})
+    tasks: list[str] = field(default_factory=lambda: list(BENCH_TASKS), metadata={
+        "choices": BENCH_TASKS, "help": "tiny-DLM tasks to benchmark (default: both; --model-path replaces the "
+                                        "first one's model)"})
 
 
-def _config_from(args: argparse.Namespace) -> DiffusionGenerationConfig:
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionGenerationConfig)
-              if f.name not in _SKIP}
-    for name in ("gen_length", "block_length", "steps", "top_k", "warmup_steps", "ccd_window", "ccd_top_v",
-                 "max_context", "seed", "cache_refresh"):
-        value = fields.get(name)
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be a whole number.")
-            fields[name] = int(value)
-    try:
-        return DiffusionGenerationConfig(**fields)
-    except ConfigError as err:  # name the flag the user typed, not the dataclass field
-        message = str(err)
-        for name in fields:
-            message = message.replace(f"DiffusionGenerationConfig.{name}=", f"--{name.replace('_', '-')} ")
-        raise ConfigError(message) from None
+# The settings that change a bench run's results (run identity, cmikit.harness.runs); the others (output folder,
+# --overwrite, --threads, --trust-remote-code) are recorded in run.json but do not refuse a resume.
+BENCH_IDENTITY = ("quick", "parts", "model_path", "overhead_model", "batch_size", "n_problems", "temperatures",
+                  "tasks")
 
 
-def _check_generate_args(args: argparse.Namespace) -> DiffusionGenerationConfig:
-    """Every start-up check of ``generate`` (before any model loads)."""
+def parse_generate(argv: Sequence[str]) -> tuple[GenerateOptions, DiffusionGenerationConfig]:
+    """``dlm-decode generate``'s options and decoding config (the harness convention) and every start-up check,
+    before any model loads."""
     from cmikit.harness.models import _DTYPES
 
-    config = _config_from(args)
-    for prompt in args.prompt:
+    opts, config = parse_config((GenerateOptions, DiffusionGenerationConfig), argv, exclude=_SKIP,
+                                prog="dlm-decode generate", description=__doc__, dashes=True)
+    if not opts.prompt:
+        raise ConfigError("--prompt is required: give the text to continue (repeat --prompt for a batch).")
+    for prompt in opts.prompt:
         if not prompt.strip():
             raise ConfigError("--prompt '': an empty prompt gives the model nothing to condition on; give text.")
-    check_choice("--dtype", args.dtype, list(_DTYPES))
-    check_at_least("--mask-token-id", args.mask_token_id, 0, allow_none=True)
-    if args.model == "tiny":
+    check_choice("--dtype", opts.dtype, list(_DTYPES))
+    check_at_least("--mask-token-id", opts.mask_token_id, 0, allow_none=True)
+    if opts.model == "tiny":
         from cmikit.harness.testing import tiny_tokenizer
 
-        if len({len(p) for p in args.prompt}) > 1:
+        if len({len(p) for p in opts.prompt}) > 1:
             raise ConfigError("--prompt: the tiny DLM takes prompts of equal length (it has no padding); got "
-                              f"lengths {sorted({len(p) for p in args.prompt})}.")
+                              f"lengths {sorted({len(p) for p in opts.prompt})}.")
         vocab = tiny_tokenizer().get_vocab()
-        unknown = sorted({c for p in args.prompt for c in p if c not in vocab})
+        unknown = sorted({c for p in opts.prompt for c in p if c not in vocab})
         if unknown:
             raise ConfigError(f"--prompt: the tiny DLM's character vocabulary has no {''.join(unknown)!r}; use "
                               "its letters (e.g. the task's a-h / A-H , =).")
         context = _tiny_context()
-        total = len(args.prompt[0]) + config.gen_length
+        total = len(opts.prompt[0]) + config.gen_length
         if context is not None and total > (config.max_context or context):
-            raise ConfigError(f"--prompt of {len(args.prompt[0])} characters + --gen-length {config.gen_length} = "
+            raise ConfigError(f"--prompt of {len(opts.prompt[0])} characters + --gen-length {config.gen_length} = "
                               f"{total} exceeds the tiny DLM's context of {context}; shorten one of them.")
-    return config
+    return opts, config
 
 
 def _tiny_context() -> int | None:
@@ -123,17 +137,17 @@ def _tiny_context() -> int | None:
         if path.is_file():
             try:
                 return int(json.loads(path.read_text()).get("max_position_embeddings"))
-            except (OSError, ValueError, TypeError):
+            except (OSError, ValueError, TypeError, AttributeError):  # junk in the cache: checked at load
                 return None
     return None
 
 
-def _generate(args: argparse.Namespace) -> None:
+def _generate(argv: Sequence[str]) -> int:
     import torch
 
     from cmikit.decoding.loop import generate
 
-    config = _check_generate_args(args)
+    args, config = parse_generate(argv)
     if args.model == "tiny":
         from cmikit.decoding.tiny_dlm import load_tiny_dlm
 
@@ -160,10 +174,13 @@ def _generate(args: argparse.Namespace) -> None:
         text = tokenizer.decode(out.generated[row], skip_special_tokens=not args.keep_special)
         print(json.dumps({"prompt": prompt, "completion": text, "nfe": int(out.nfe_per_row[row]),
                           "model_tokens": int(out.tokens_per_row[row])}))
+    return 0
 
 
-def _check_bench_args(args: argparse.Namespace) -> list[str]:
-    """Every start-up check of ``bench`` (before any model loads); returns the parts to run."""
+def parse_bench(argv: Sequence[str]) -> tuple[BenchOptions, list[str]]:
+    """``dlm-decode bench``'s options (the harness convention) and every start-up check, before any model loads;
+    returns them and the parts to run."""
+    args = parse_config(BenchOptions, argv, prog="dlm-decode bench", description=__doc__, dashes=True)
     check_at_least("--batch-size", args.batch_size, 1)
     check_at_least("--n-problems", args.n_problems, 1, allow_none=True)
     check_at_least("--threads", args.threads, 1, allow_none=True)
@@ -178,21 +195,21 @@ def _check_bench_args(args: argparse.Namespace) -> list[str]:
     if not parts:
         raise ConfigError("--parts / --no-overhead: nothing left to run; choose at least one of "
                           f"{', '.join(BENCH_PARTS)}.")
-    return parts
+    return args, parts
 
 
-def _bench(args: argparse.Namespace) -> None:
+def _bench(argv: Sequence[str]) -> int:
     from cmikit.decoding.bench import run_bench
     from cmikit.decoding.tiny_dlm import asset_dir
     from cmikit.harness.runs import open_run
 
-    parts = _check_bench_args(args)
-    settings = {k: v for k, v in vars(args).items() if k != "command"}
+    args, parts = parse_bench(argv)
+    settings = dataclasses.asdict(args)
     settings["parts"] = parts
     # The tiny DLM checkpoint of every task (--model-path replaces the first task's), hashed into the run.
     tiny = {f"tiny_dlm:{task}": Path(args.model_path) if args.model_path and i == 0 else asset_dir(task)
             for i, task in enumerate(args.tasks)}
-    with open_run(args.out, "dlm-decode-bench", settings, ignore=("out", "overwrite", "threads"),
+    with open_run(args.out, "dlm-decode-bench", settings, keys=BENCH_IDENTITY,
                   files={name: path if path.is_dir() else None for name, path in tiny.items()},
                   models={"overhead": args.overhead_model}, overwrite=args.overwrite, out_flag="--out"):
         report = run_bench(args.out, quick=args.quick, model_path=args.model_path,
@@ -214,9 +231,10 @@ def _bench(args: argparse.Namespace) -> None:
         print(json.dumps({"max_overhead_fraction": ov["max_overhead_fraction"],
                           "batch8_over_batch1": ov["batch8_over_batch1_sequences_per_second"]}, indent=1))
     print(f"wrote {args.out}/bench.json and the plots in {args.out}/")
+    return 0
 
 
-def _train_tiny(args: argparse.Namespace, extra: list[str]) -> None:
+def _train_tiny(extra: Sequence[str]) -> int:
     import importlib.util
     from pathlib import Path
 
@@ -224,82 +242,53 @@ def _train_tiny(args: argparse.Namespace, extra: list[str]) -> None:
     if script.exists():
         spec = importlib.util.spec_from_file_location("train_tiny_dlm", script)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its option dataclass is resolved through the module
         spec.loader.exec_module(module)
-        module.main(extra)
-        return
-    from cmikit.decoding.tiny_dlm import ASSET_DIR, TinyDLMTrainConfig, train_tiny_dlm
+        return int(module.main(list(extra)) or 0)
+    from cmikit.decoding.tiny_dlm import TinyDLMTrainConfig, cache_dir, train_tiny_dlm
 
-    print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), ASSET_DIR)}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dlm-decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    gen = sub.add_parser("generate", help="decode prompts with a masked diffusion LM")
-    gen.add_argument("--model", default="tiny", help="'tiny' (the trained tiny DLM), a registry alias, Hub id or folder")
-    gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
-    gen.add_argument("--trust-remote-code", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                     help="run the checkpoint's own modelling code (needed for LLaDA / Dream); default: false")
-    gen.add_argument("--dtype", default="auto")
-    gen.add_argument("--chat", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                     help="wrap prompts in the tokenizer's chat template")
-    gen.add_argument("--bidirectional", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                     help="drive a stock causal class bidirectionally")
-    gen.add_argument("--mask-token-id", type=int, default=None, help="override the model's mask token id")
-    gen.add_argument("--keep-special", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                     help="keep special tokens in the printed completion")
-    _add_config_args(gen)
-
-    bench = sub.add_parser("bench", help="accuracy vs NFE on the tiny DLM, loop overhead and KV cache speed "
-                                         "(writes bench.json/png)")
-    bench.add_argument("--quick", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                       help="a few settings, 64 problems, short overhead and cache runs")
-    bench.add_argument("--out", default="bench_out", help="run folder (run.json records the settings)")
-    bench.add_argument("--overwrite", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                       help="empty a run folder made with other settings and start over")
-    bench.add_argument("--parts", nargs="+", choices=BENCH_PARTS, default=list(BENCH_PARTS),
-                       help="what to run (default: all): accuracy (tiny DLM grid), overhead (loop vs forward "
-                            "time), cache (KV cache speed and accuracy)")
-    bench.add_argument("--model-path", default=None, help="tiny DLM checkpoint folder (default: packaged/cache)")
-    bench.add_argument("--overhead-model", default="smollm2-135m-instruct",
-                       help="model for the overhead and cache timings (made bidirectional; timing only)")
-    bench.add_argument("--trust-remote-code", type=strict_bool, nargs="?", const=True, default=False,
-                       metavar="BOOL", help="allow the timing model's own modelling code; default: false")
-    bench.add_argument("--no-overhead", type=strict_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                       help="skip the ~135M overhead measurement (= --parts without overhead)")
-    bench.add_argument("--batch-size", type=int, default=128)
-    bench.add_argument("--n-problems", type=int, default=None)
-    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    bench.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0],
-                       help="sampling temperatures to sweep (default: 0 1)")
-    bench.add_argument("--tasks", nargs="+", choices=["copy-one-of-two", "one-class-upper"],
-                       default=["copy-one-of-two", "one-class-upper"],
-                       help="tiny-DLM tasks to benchmark (default: both; --model-path replaces the first one's model)")
-
-    sub.add_parser("train-tiny", help="train the tiny DLM (runs scripts/train_tiny_dlm.py; pass its flags after)",
-                   add_help=False)
-    return parser
-
-
-def _main(argv: list[str]) -> int:
-    if argv[:1] == ["train-tiny"]:
-        _train_tiny(argparse.Namespace(), argv[1:])
-        return 0
-    args = build_parser().parse_args(argv)
-    if args.command == "generate":
-        _generate(args)
-    elif args.command == "bench":
-        _bench(args)
+    print(f"saved {train_tiny_dlm(TinyDLMTrainConfig(), cache_dir())}")  # never into the installed package
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``dlm-decode``: inside :func:`cmikit.harness.cli.run_cli` (one ``error:`` line and exit 2 for user errors)."""
-    from cmikit.harness.cli import run_cli
+@dataclass
+class ConvertOptions:
+    """Options of ``dlm-decode convert SRC DST`` besides the two folders."""
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return run_cli(lambda: _main(argv))
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty output folder"})
+
+
+def _convert(argv: Sequence[str]) -> int:
+    """``dlm-decode convert SRC DST``: the native checkpoint of a released LLaDA / Dream one
+    (:mod:`cmikit.harness.native_dlm`)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: dlm-decode convert SRC DST [--overwrite]\n\n"
+              "Write a released LLaDA / Dream checkpoint (SRC: a downloaded folder, alias or Hub id; Hub\n"
+              "downloads skip *.py) once as transformers' own LlamaForCausalLM / Qwen2ForCausalLM into DST:\n"
+              "safetensors shards with native names, a config.json that loads without remote code, the\n"
+              "tokenizer files without auto_map.\n\n"
+              "  --overwrite   replace a non-empty DST")
+        return 0
+    positional = [a for a in argv if not a.startswith("-")]
+    if len(positional) != 2 or list(argv[:2]) != positional:
+        raise ConfigError("usage: dlm-decode convert SRC DST [--overwrite]: SRC is a downloaded LLaDA / Dream "
+                          "folder, alias or Hub id, DST the output folder.")
+    opts = parse_config(ConvertOptions, list(argv[2:]), prog="dlm-decode convert", description=_convert.__doc__,
+                        dashes=True)
+    from cmikit.harness.native_dlm import checkpoint_folder, convert_checkpoint
+
+    print(json.dumps(convert_checkpoint(checkpoint_folder(positional[0]), positional[1], overwrite=opts.overwrite)))
+    return 0
+
+
+COMMANDS = {"generate": _generate, "bench": _bench, "train-tiny": _train_tiny, "convert": _convert}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``dlm-decode``: inside :func:`cmikit.harness.cli.dispatch` (one ``error:`` line and exit 2 for user errors)."""
+    from cmikit.harness.cli import dispatch
+
+    return dispatch("dlm-decode", USAGE, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,23 @@ class TinyDLMTrainConfig:
     heldout_seed: int = 12345
     n_heldout: int = 512
 
+    def __post_init__(self) -> None:
+        from cmikit.harness.config import check_at_least, check_choice, check_range
+
+        check_choice("--task-name", self.task_name, sorted(CHECKPOINT_NAMES))
+        for name in ("length", "gen_length", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "steps", "batch_size"):
+            check_at_least("--" + name.replace("_", "-"), getattr(self, name), 1)
+        for name in ("n_diff", "save_every", "warmup_steps", "seed", "heldout_seed", "n_heldout"):
+            check_at_least("--" + name.replace("_", "-"), getattr(self, name), 0)
+        check_range("--lr", self.lr, 0.0, 10.0, low_open=True)
+        check_range("--weight-decay", self.weight_decay, 0.0, 1.0)
+        check_range("--mask-eps", self.mask_eps, 0.0, 1.0, low_open=True, high_open=True)
+        if not self.alphabet:
+            from cmikit.harness.errors import ConfigError
+
+            raise ConfigError("--alphabet '': give at least one letter.")
+
     def task(self) -> CopyOneTask | OneClassUpperTask:
         if self.task_name == "one-class-upper":
             return OneClassUpperTask(length=self.length, alphabet=self.alphabet, choice=self.choice,
@@ -186,9 +203,42 @@ def block_diffusion_train_logits(model: torch.nn.Module, prompts: torch.Tensor, 
     return out.logits[:, p:p + g]
 
 
+TRAIN_LOG = "train_log.json"
+
+
+def check_output_dir(output_dir: str | Path, flag: str = "--output") -> Path:
+    """``output_dir`` when training may write there, else :class:`ConfigError`: never inside the installed
+    ``cmikit`` packages (the shipped checkpoints are read-only data), and never into an existing folder that
+    holds files but no ``train_log.json`` of an earlier training (a folder this command did not create)."""
+    from cmikit.harness.errors import ConfigError
+
+    out = Path(output_dir).expanduser()
+    resolved = out.resolve()
+    package_root = Path(__file__).resolve().parent.parent
+    for package in ("decoding", "harness", "sami", "cip"):
+        if resolved.is_relative_to(package_root / package):
+            raise ConfigError(f"{flag} {out}: inside the cmikit package ({package_root / package}); train into "
+                              f"another folder (default: {cache_dir()}).")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out}: is a file; choose a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        log = out / TRAIN_LOG
+        try:
+            ours = "train_config" in json.loads(log.read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"{flag} {out}: holds files but no {TRAIN_LOG} from `dlm-decode train-tiny`, so it "
+                              f"is not a folder this command made; choose an empty or new folder.")
+    return out
+
+
 def train_tiny_dlm(cfg: TinyDLMTrainConfig, output_dir: str | Path, progress: bool = True) -> Path:
-    """Train from scratch and save ``model.safetensors`` + ``config.json`` (+ ``train_log.json``) to ``output_dir``."""
+    """Train from scratch and save ``model.safetensors`` + ``config.json`` (+ ``train_log.json``) to ``output_dir``
+    (checked first by :func:`check_output_dir`)."""
     from tqdm.auto import tqdm
+
+    check_output_dir(output_dir)
 
     torch.manual_seed(cfg.seed)
     tokenizer = _tokenizer()
@@ -256,7 +306,7 @@ def _save(model: torch.nn.Module, out: Path, summary: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").unlink(missing_ok=True)
-    (out / "train_log.json").write_text(json.dumps(summary, indent=1))
+    (out / TRAIN_LOG).write_text(json.dumps(summary, indent=1))
     return out
 
 

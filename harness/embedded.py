@@ -17,7 +17,10 @@ folder holding the ``READY`` marker counts as prepared. The cache folder is ``$C
 
 The cache heals itself. Every :func:`prepare_embedded_model` call checks the folder against ``READY``: each
 file must exist, be readable and have the recorded size, and its sha256 is checked once and then remembered in
-``.verified`` (keyed by size and mtime, so later loads only ``stat`` the files). A damaged folder (a truncated
+``.verified`` (keyed by size, mtime, inode and ctime, with the sha256 of the file's first and last MiB). Later
+loads ``stat`` every file and hash its first and last MiB; a file whose stamp changed (bytes written in place
+move its ctime even when its size and mtime are put back) is hashed in full again. ``cmikit cache verify``
+hashes every file in full. A damaged folder (a truncated
 ``model.safetensors``, a missing tokenizer...) is prepared again once, automatically, with a message on stderr;
 if that fails too, :class:`EmbeddedModelError` names the folder to delete. A ``READY`` written by an older
 version (no file list) is upgraded: the files are checked for structure (JSON parses, the safetensors header
@@ -167,7 +170,7 @@ def write_ready(folder: Path, seconds: float | None = None) -> dict:
     if seconds is not None:
         record["prepared_in_s"] = round(seconds, 1)
     _write_json_atomic(folder / READY_MARKER, record)
-    _save_stamps(folder, {name: _stamp(folder / name) for name in files})
+    _save_stamps(folder, {name: [*_stamp(folder / name), edges_digest(folder / name)] for name in files})
     return record
 
 
@@ -182,9 +185,28 @@ def read_ready(folder: Path) -> dict | None:
     return record
 
 
+EDGE = 1 << 20
+
+
+def edges_digest(path: Path, edge: int = EDGE) -> str:
+    """sha256 over a file's size, first and last ``edge`` bytes (the cheap always-on check)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest.update(str(size).encode())
+        digest.update(handle.read(edge))
+        if size > edge:
+            handle.seek(max(edge, size - edge))
+            digest.update(handle.read(edge))
+    return digest.hexdigest()
+
+
 def _stamp(path: Path) -> list[int]:
+    """What a later load compares without hashing: size, mtime, inode and ctime. ctime cannot be set back by
+    a user (``touch``/``utime`` restoring the mtime moves it), so bytes changed in place with size and mtime
+    kept still change the stamp and the file is hashed in full again."""
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _load_stamps(folder: Path) -> dict[str, list[int]]:
@@ -209,8 +231,10 @@ def _save_stamps(folder: Path, stamps: dict[str, list[int]]) -> None:
 def check_prepared(folder: Path, full: bool = False) -> str | None:
     """``None`` when ``folder`` matches its ``READY`` record, else what is wrong (one phrase).
 
-    Sizes are checked on every call; the sha256 of a file only when its size or mtime changed since it last
-    matched (or always with ``full=True``).
+    On every call (every load): each file's size, and the sha256 of its first and last MiB (with its size)
+    against the value recorded when the file was last hashed in full. The full sha256 of a file is computed
+    again when its size, mtime, inode or ctime changed since it last matched, or always with ``full=True``
+    (``cmikit cache verify``).
     """
     record = read_ready(folder)
     if record is None:
@@ -225,15 +249,19 @@ def check_prepared(folder: Path, full: bool = False) -> str | None:
             return f"{name} is missing"
         if stamp[0] != meta.get("size"):
             return f"{name} has {stamp[0]} bytes, READY records {meta.get('size')}"
-        if not full and stamps.get(name) == stamp:
-            continue
         try:
+            known = stamps.get(name)
+            if not full and isinstance(known, list) and len(known) == 5 and known[:4] == stamp:
+                if edges_digest(path) == known[4]:
+                    continue
+                return f"{name} changed in its first or last MiB since it was verified"
             actual = sha256_file(path)
+            edges = edges_digest(path)
         except OSError as err:
             return f"{name} is unreadable ({err.strerror or err})"
         if actual != meta.get("sha256"):
             return f"{name} has sha256 {actual[:12]}..., READY records {str(meta.get('sha256'))[:12]}..."
-        verified[name] = stamp
+        verified[name] = [*stamp, edges]
     if verified != stamps:
         _save_stamps(folder, verified)
     return None

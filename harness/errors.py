@@ -1,6 +1,6 @@
 """One project error type, subclassed by kind, for everything a user can get wrong.
 
-:func:`cmikit.harness.cli.dispatch` (and :func:`cmikit.harness.cli.run_cli` for argparse-based scripts) print a
+:func:`cmikit.harness.cli.dispatch` (and :func:`cmikit.harness.cli.run_cli` for single-command scripts) print a
 :class:`CmikitError` as one line, ``error: <message>``, and exit with code 2; anything else is a bug and keeps
 its traceback. A message names the key, value or file (with the line number for data files) and says what is
 allowed or what to do.

@@ -3,7 +3,9 @@
 A :class:`Task` is a name, a list of examples (dicts with a unique ``"id"``) and a ``run_batch`` function
 returning one record (a dict) per example; numeric metrics go in ``record["metrics"]``. :func:`run_task`:
 
-* skips examples whose id is already in the output folder (resume after a crash or Ctrl-C);
+* skips examples whose id is already in the output folder (resume after a crash or Ctrl-C); a record line
+  that is damaged (cut short, not UTF-8, not an object with an id) is reported as ``file:line``, set aside
+  into ``records.rejected.jsonl`` and its example is run again (:func:`repair_records`);
 * splits the remaining examples across accelerate processes (``accelerate launch`` gives data parallelism;
   a plain ``python`` run is one process);
 * runs them in batches under a progress bar, appending one JSON line per finished example to
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 RECORDS_FILE = "records.jsonl"
+REJECTED_FILE = "records.rejected.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
@@ -43,39 +46,93 @@ class Task:
     run_batch: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
     group_by: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A schema (cmikit.harness.schemas) every stored record must also pass on resume; a record that does not
+    # (a hand edit, a value out of range) is set aside and its example runs again.
+    record_schema: Any = None
+
+
+def _check_record(value: Any, path: Path, number: int, schema: Any = None) -> dict[str, Any]:
+    from cmikit.harness.schemas import RecordLine, validate
+
+    validate(RecordLine, value, path, line=number, what="record (an object with a string 'id')")
+    if schema is not None:
+        validate(schema, value, path, line=number, what="record of this task")
+    return value
+
+
+def scan_records(path: str | Path, schema: Any = None
+                 ) -> tuple[list[dict[str, Any]], list[tuple[int, bytes, str]]]:
+    """``(good records, bad lines as (line number, raw bytes, problem))`` of a records file. A line is bad when
+    it is not UTF-8, not JSON, not an object or has no string ``id`` (a crash mid-write, a hand edit)."""
+    from cmikit.harness.errors import DataFileError
+    from cmikit.harness.schemas import iter_jsonl
+
+    path = Path(path)
+    good: list[dict[str, Any]] = []
+    bad: list[tuple[int, bytes, str]] = []
+    if not path.is_file():
+        return good, bad
+    for number, raw, value in iter_jsonl(path, "records file", allow_nan=True):
+        try:
+            if isinstance(value, DataFileError):
+                raise value
+            good.append(_check_record(value, path, number, schema))
+        except DataFileError as err:
+            bad.append((number, raw, str(err)))
+    return good, bad
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file, ignoring a truncated last line (a crash mid-write)."""
+    """The valid records of a JSONL file; bad lines (see :func:`scan_records`) are skipped (their examples are
+    re-run by :func:`run_task`, which sets them aside first)."""
+    return scan_records(path)[0]
+
+
+def repair_records(path: str | Path, stream: Any = None, schema: Any = None) -> int:
+    """Set the bad lines of a records file aside into ``records.rejected.jsonl`` (one JSON object per line:
+    source file, line, problem and the line's text, undecodable bytes kept as ``\\udcXX`` escapes), rewrite
+    the file with the good records only, and say so once per line on ``stream`` (stderr). Returns the number
+    of lines set aside; their examples are not done, so they run again. Nothing is deleted."""
+    import sys
+
     path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    with open(path) as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a partial line from an interrupted write; that example is re-run
-    return records
+    good, bad = scan_records(path, schema)
+    if not bad:
+        _end_last_line(path)
+        return 0
+    stream = stream or sys.stderr
+    rejected = path.with_name(REJECTED_FILE)
+    with open(rejected, "a", encoding="utf-8") as out:
+        for number, raw, problem in bad:
+            text = raw.decode("utf-8", errors="surrogateescape")
+            out.write(json.dumps({"source": path.name, "line": number, "problem": problem, "text": text}) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    tmp = path.with_name(f".{path.name}.repair.tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for record in good:
+            out.write(json.dumps(record, default=_json_default) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    for _number, _raw, problem in bad[:5]:
+        print(f"warning: {problem}; set aside in {rejected.name}, its example runs again", file=stream)
+    if len(bad) > 5:
+        print(f"warning: {len(bad) - 5} more bad lines of {path} set aside in {rejected.name}", file=stream)
+    return len(bad)
 
 
-def _drop_partial_last_line(path: Path) -> None:
-    """Cut a last line left unfinished by a crash, so that appended records start on a fresh line."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as handle:
-        data = handle.read()
-        if data.endswith(b"\n"):
-            return
-        handle.truncate(data.rfind(b"\n") + 1)
+def _end_last_line(path: Path) -> None:
+    """End a complete last record that lacks its newline, so that appended records start on a fresh line."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
 
 
 def _record_files(out_dir: Path) -> list[Path]:
-    return sorted(out_dir.glob("records*.jsonl"))
+    return sorted(p for p in out_dir.glob("records*.jsonl") if p.name != REJECTED_FILE)
 
 
 def read_records(out_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -183,6 +240,11 @@ def run_task(task: Task, out_dir: str | Path, batch_size: int = 8, resume: bool 
             f"would all run every example."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # resume that repairs: bad lines are set aside (reported with file:line) and run again
+        for f in _record_files(out_dir):
+            repair_records(f, schema=task.record_schema)
+    if state is not None and world > 1:
+        state.wait_for_everyone()
     done = completed_ids(out_dir)
     if done and not resume:
         raise EvaluationError(
@@ -199,7 +261,6 @@ def run_task(task: Task, out_dir: str | Path, batch_size: int = 8, resume: bool 
         (out_dir / "task.json").write_text(json.dumps(
             {"task": task.name, "n_examples": len(examples), "metadata": task.metadata}, indent=2, default=str))
 
-    _drop_partial_last_line(records_path)
     bar = tqdm(total=len(mine), desc=task.name, disable=not progress or rank != 0, unit="ex")
     with open(records_path, "a") as handle:
         for start in range(0, len(mine), batch_size):

@@ -39,6 +39,9 @@ class ModelSpec:
     trust_remote_code: bool = False
     kind: str = "causal"  # "causal" | "masked-diffusion"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``"llada"`` / ``"dream"``: loads on transformers' own class by default (:mod:`cmikit.harness.native_dlm`);
+    #: ``trust_remote_code`` then only selects the checkpoint's own code instead.
+    native_format: str | None = None
 
 
 MODEL_REGISTRY: dict[str, ModelSpec] = {
@@ -52,18 +55,22 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "llada-8b-instruct",
             "GSAI-ML/LLaDA-8B-Instruct",
-            "LLaDA masked diffusion LM (remote code; logits at i predict token i)",
+            "LLaDA masked diffusion LM (native LlamaForCausalLM, bidirectional; logits at i predict token i; "
+            "its remote code with trust_remote_code)",
             trust_remote_code=True,
             kind="masked-diffusion",
             extra={"shift_logits": False},
+            native_format="llada",
         ),
         ModelSpec(
             "dream-7b-instruct",
             "Dream-org/Dream-v0-Instruct-7B",
-            "Dream masked diffusion LM (remote code; logits at i-1 predict token i)",
+            "Dream masked diffusion LM (native Qwen2ForCausalLM, bidirectional; logits at i-1 predict token i; "
+            "its remote code with trust_remote_code)",
             trust_remote_code=True,
             kind="masked-diffusion",
             extra={"shift_logits": True},
+            native_format="dream",
         ),
         ModelSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", "Mistral-7B base (SAMI paper)"),
         ModelSpec("mistral-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.2", "Mistral-7B instruct (SAMI judge/baseline)"),
@@ -84,8 +91,9 @@ class ResolvedRef:
     spec: ModelSpec | None = None
 
 
-def resolve_model_ref(ref: str) -> ResolvedRef:
-    """Classify ``ref`` without loading anything; raise :class:`ModelLoadError` for impossible refs."""
+def resolve_model_ref(ref: str, check: bool = True) -> ResolvedRef:
+    """Classify ``ref`` without loading anything; raise :class:`ModelLoadError` for impossible refs (and,
+    with ``check``, for a local folder whose config.json or weights are malformed)."""
     if not isinstance(ref, str) or not ref.strip():
         raise ModelLoadError(f"Model reference must be a non-empty string, got {ref!r}.")
     key = ref.strip()
@@ -105,6 +113,8 @@ def resolve_model_ref(ref: str) -> ResolvedRef:
                 f"Folder {path} has no config.json, so it is not a transformers checkpoint. Point at the folder "
                 f"that save_pretrained wrote."
             )
+        if check:
+            _check_folder(path)
         return ResolvedRef("folder", str(path))
     looks_like_path = key.startswith((".", "/", "~")) or key.count("/") > 1 or path.suffix in {".json", ".safetensors"}
     if looks_like_path:
@@ -117,6 +127,18 @@ def resolve_model_ref(ref: str) -> ResolvedRef:
         )
     spec = next((s for s in MODEL_REGISTRY.values() if s.hub_id.lower() == key.lower()), None)
     return ResolvedRef("hub", key, spec)
+
+
+def _check_folder(path: Path, adapter: bool = False) -> None:
+    """The folder's config.json and weights pass :func:`cmikit.harness.schemas.check_model_folder` (a JSON
+    object; safetensors with a sound header; no pickled weights), before transformers reads them."""
+    from cmikit.harness.errors import DataFileError
+    from cmikit.harness.schemas import check_model_folder
+
+    try:
+        check_model_folder(path, adapter=adapter)
+    except DataFileError as err:
+        raise ModelLoadError(f"{'Adapter' if adapter else 'Model'} folder {path}: {err}") from None
 
 
 def _torch_dtype(dtype: str):
@@ -175,6 +197,37 @@ def _remote_code_error(ref: str, err: Exception) -> ModelLoadError:
     )
 
 
+def _source_config(resolved: ResolvedRef, revision: str | None, required: bool) -> dict | None:
+    """The ``config.json`` of a folder or Hub checkpoint as a dict (``None`` when unreadable and not required)."""
+    try:
+        if resolved.kind == "folder":
+            path = Path(resolved.path) / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(resolved.path, "config.json", revision=revision))
+        return json.loads(path.read_text())
+    except Exception as err:  # noqa: BLE001 - unreachable Hub, malformed file: decided below
+        if not required:
+            return None
+        raise ModelLoadError(
+            f"Could not read config.json of {resolved.path}: {err}. This machine may have no Hub access: download "
+            "the checkpoint and pass its folder, or convert it once with `dlm-decode convert`."
+        ) from err
+
+
+def _check_native_weights(ref: str, info: dict) -> None:
+    """A mapped checkpoint must fill every parameter: a missing or unknown name means the mapping is wrong."""
+    problems = {k: sorted(n for n in v if not n.endswith("rotary_emb.inv_freq"))[:5]  # a buffer, recomputed
+                for k, v in info.items() if k in ("missing_keys", "unexpected_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        raise ModelLoadError(
+            f"{ref}: the LLaDA/Dream parameter names did not map onto the native class ({problems}); load it with "
+            "trust_remote_code=True to run its own code, and report the checkpoint."
+        )
+
+
 def load_model(
     ref: str,
     *,
@@ -188,6 +241,8 @@ def load_model(
     model_class: str = "causal",
     revision: str | None = None,
     eval_mode: bool = True,
+    quantization_config: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
 ):
     """Load ``ref`` and return ``(model, tokenizer)``.
 
@@ -198,11 +253,16 @@ def load_model(
             (shard over devices), a device string, or an explicit map.
         adapter: path (or Hub id) of a PEFT adapter to load on top.
         load_in_4bit / load_in_8bit: bitsandbytes quantisation (error if bitsandbytes is missing).
-        trust_remote_code: allow modelling code from the checkpoint (LLaDA, Dream). Off unless asked.
+        trust_remote_code: allow modelling code from the checkpoint. Off unless asked. Released LLaDA / Dream
+            checkpoints load without it on transformers' own Llama / Qwen2 class made bidirectional
+            (:mod:`cmikit.harness.native_dlm`); with it, on their own code.
         attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2``... (``None``: transformers' choice).
         model_class: ``causal`` (AutoModelForCausalLM), ``masked`` (AutoModelForMaskedLM) or ``base``
             (AutoModel, what LLaDA/Dream remote code registers).
         eval_mode: put the model in ``eval()`` mode (turn off for training).
+        quantization_config: a ready ``BitsAndBytesConfig`` (e.g. from ``trl.get_quantization_config``), instead
+            of ``load_in_4bit`` / ``load_in_8bit``.
+        model_kwargs: further ``from_pretrained`` keyword arguments (e.g. from a trainer's ``model_init_kwargs``).
 
     Raises:
         ModelLoadError: with a message naming the problem and the fix.
@@ -210,10 +270,19 @@ def load_model(
     import transformers
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+    from cmikit.harness import native_dlm
+
     resolved = resolve_model_ref(ref)
     torch_dtype = _torch_dtype(dtype)
     spec = resolved.spec
-    if spec is not None and spec.trust_remote_code and not trust_remote_code:
+    # A released LLaDA / Dream checkpoint loads on transformers' own Llama / Qwen2 class (no remote code) unless
+    # the user asks for the checkpoint's own code.
+    native = None
+    if not trust_remote_code and resolved.kind in ("folder", "hub"):
+        raw = _source_config(resolved, revision, required=spec is not None and spec.native_format is not None)
+        if native_dlm.released_format(raw):
+            native = native_dlm.native_load_kwargs(raw)
+    if spec is not None and spec.trust_remote_code and not trust_remote_code and native is None:
         raise _remote_code_error(ref, RuntimeError(f"registry entry {spec.alias} is a remote-code model"))
     auto_cls = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "base": AutoModel}.get(model_class)
     if auto_cls is None:
@@ -227,12 +296,17 @@ def load_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     kwargs.update(_device_kwargs(device_map))
-    quant = _quantization_config(load_in_4bit, load_in_8bit, torch_dtype)
+    quant = quantization_config or _quantization_config(load_in_4bit, load_in_8bit, torch_dtype)
+    if quantization_config is not None and (load_in_4bit or load_in_8bit):
+        raise ModelLoadError("Give quantization_config or load_in_4bit / load_in_8bit, not both.")
+    kwargs.update(model_kwargs or {})
     if quant is not None:
         kwargs["quantization_config"] = quant
 
-    if resolved.kind == "folder" and not trust_remote_code:
-        auto_map = json.loads((Path(resolved.path) / "config.json").read_text()).get("auto_map")
+    if resolved.kind == "folder" and not trust_remote_code and native is None:
+        from cmikit.harness.schemas import ModelConfigJson, load_json
+
+        auto_map = load_json(Path(resolved.path) / "config.json", ModelConfigJson, "model config.json").auto_map
         if auto_map:
             raise _remote_code_error(ref, RuntimeError(f"config.json maps classes to custom code: {auto_map}"))
 
@@ -254,8 +328,15 @@ def load_model(
         source = resolved.path
 
     try:
-        model = auto_cls.from_pretrained(source, dtype=torch_dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+        if native is not None:
+            native_cls, native_kwargs = native
+            model, info = native_cls.from_pretrained(source, dtype=torch_dtype, output_loading_info=True,
+                                                     **{**kwargs, **native_kwargs})
+            _check_native_weights(ref, info)
+            tokenizer = native_dlm.load_tokenizer(source, **({"revision": revision} if revision else {}))
+        else:
+            model = auto_cls.from_pretrained(source, dtype=torch_dtype, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
     except ValueError as err:
         if "trust_remote_code" in str(err) or ("does not recognize this architecture" in str(err)
                                                 and not trust_remote_code):
@@ -270,6 +351,8 @@ def load_model(
         )
         raise ModelLoadError(f"Could not load {ref!r} from {source}: {err}.{hint}") from err
 
+    if native_dlm.is_native_diffusion(model):  # released (mapped) or converted LLaDA / Dream
+        native_dlm.set_bidirectional(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter:
@@ -279,6 +362,8 @@ def load_model(
             raise ModelLoadError("Loading an adapter needs peft: pip install peft") from err
         if not (Path(adapter).is_dir() or "/" in adapter):
             raise ModelLoadError(f"PEFT adapter not found: {adapter}")
+        if Path(adapter).is_dir():
+            _check_folder(Path(adapter), adapter=True)
         model = PeftModel.from_pretrained(model, adapter)
     if eval_mode:
         model.eval()

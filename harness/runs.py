@@ -2,20 +2,25 @@
 
 Every resumable command opens its output folder through :func:`open_run` before it computes anything::
 
-    with open_run(cfg.out_dir, "cip-eval", config_to_dict(cfg), ignore=("out_dir", "progress"),
+    with open_run(cfg.out_dir, "cip-eval", config_to_dict(cfg), keys=CIP_IDENTITY,
                   files=[kb_path], models={"predictor": cfg.model}, overwrite=cfg.overwrite):
         ...  # resume into the folder
 
-* ``run.json`` holds the resolved config (every key) and the *identity*: the settings that change results,
-  the sha256 of every data file, the identity of every model (see :func:`model_identity`) and the package
-  version. Its ``fingerprint`` is the sha256 of the identity.
+* ``run.json`` holds the resolved config (every key), the package version that wrote it, and the *identity*:
+  the settings that change results, the sha256 of every data file and the identity of every model (see
+  :func:`model_identity`). Its ``fingerprint`` is the sha256 of the identity.
+* The settings in the identity are an allowlist, ``keys``, kept next to each command's config (e.g.
+  ``CIP_IDENTITY`` in ``cmikit.cip.evaluate``): the options that change results, by their resolved values, so a
+  changed default of one of them refuses a resume too. Everything else (output paths, progress bars, batch
+  sizes where results are batch-invariant, and any field a new ``transformers.TrainingArguments`` adds) is
+  saved in the config but not fingerprinted. The package version is not in the identity: an upgrade alone
+  does not refuse a resume.
 * A folder whose ``run.json`` has another fingerprint is refused with :class:`RunConflictError` naming the
   keys that differ and the two ways forward: another ``--out_dir``, or ``--overwrite`` to start over.
-  ``overwrite=True`` empties the folder first (only a folder that is a run folder, or empty).
+  ``overwrite=True`` first deletes the files the toolkit writes (:data:`RUN_OUTPUTS`), only in a folder
+  whose ``run.json`` this toolkit wrote (kind, fingerprint, identity); other files are kept.
 * One run per folder at a time: an exclusive ``flock`` on ``.lock`` (released by the OS when the process dies,
   so a ``kill -9`` never leaves a stale lock); a second run is refused with the first one's pid.
-* Settings that do not change results (progress bars, output paths, batch sizes where results are
-  batch-invariant) are passed in ``ignore``: they are saved in the config but not fingerprinted.
 
 Under ``accelerate launch`` only the main process opens the run (``main_process=False`` on the others makes
 :func:`open_run` a no-op that still yields the :class:`Run`), so the lock is held once.
@@ -24,11 +29,14 @@ Under ``accelerate launch`` only the main process opens the run (``main_process=
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -103,7 +111,7 @@ def model_identity(ref: str | None, adapter: str | None = None, revision: str | 
     if ref is None:
         return out
     try:
-        resolved = resolve_model_ref(ref)
+        resolved = resolve_model_ref(ref, check=False)  # junk weights still have an identity; the loader refuses
     except ModelLoadError:
         return out
     if resolved.kind == "embedded":
@@ -170,11 +178,13 @@ class Run:
         return self.out_dir.joinpath(*parts)
 
 
-def build_identity(kind: str, settings: Mapping[str, Any], ignore: Iterable[str] = (),
+def build_identity(kind: str, settings: Mapping[str, Any], keys: Iterable[str],
                    files: Mapping[str, str | Path] | Iterable[str | Path] = (),
                    models: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The fingerprinted part of ``run.json`` (see the module docstring)."""
-    ignore = set(ignore)
+    """The fingerprinted part of ``run.json``: the ``keys`` of ``settings`` (the allowlist; a listed key that
+    ``settings`` lacks, e.g. a ``TrainingArguments`` field a newer transformers removed, is left out: the tests
+    check each command's allowlist against its config), the file digests and the model identities."""
+    keys = sorted(k for k in set(keys) if k in settings)
     if isinstance(files, Mapping):
         named = {str(name): p for name, p in files.items() if p is not None}
     else:
@@ -188,22 +198,37 @@ def build_identity(kind: str, settings: Mapping[str, Any], ignore: Iterable[str]
         models_id[name] = model if isinstance(model, Mapping) else model_identity(model)
     return {
         "kind": kind,
-        "settings": {k: v for k, v in sorted(settings.items()) if k not in ignore},
+        "settings": {k: settings[k] for k in keys},
         "files": digests,
         "models": models_id,
-        "package": package_version(),
     }
 
 
-def _lock(out_dir: Path) -> int:
-    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+def _lock(out_dir: Path, out_flag: str = "--out_dir") -> int:
+    """An exclusive ``flock`` on ``out_dir/.lock``. The file is opened without following symlinks and must be a
+    regular file of ours to write: a ``.lock`` planted as a symlink (or a fifo, a device) in a shared runs
+    folder must not make this run truncate or write a file elsewhere."""
+    path = out_dir / LOCK_FILE
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK):
+            raise RunConflictError(f"{path} is a symbolic link, not a lock file this toolkit made; remove it (or "
+                                   f"choose another {out_flag}) and rerun.") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        raise RunConflictError(f"{path} is not a plain lock file (a link, fifo or device); remove it (or choose "
+                               f"another {out_flag}) and rerun.")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise RunConflictError(
-            f"{out_dir} is in use by another run ({holder}); wait for it to finish or choose another --out_dir."
+            f"{out_dir} is in use by another run ({holder}); wait for it to finish or choose another {out_flag}."
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
@@ -217,14 +242,35 @@ def _unlock(fd: int | None) -> None:
         os.close(fd)
 
 
-def _clear(out_dir: Path) -> None:
-    for child in out_dir.iterdir():
+# What ``--overwrite`` may delete: the files and folders the toolkit's run commands write into a run folder.
+# Anything else a user put there is kept (and named).
+RUN_OUTPUTS = (
+    RUN_FILE, "records*.jsonl", "records.jsonl.tmp", "records.rejected.jsonl", "summary.json", "task.json",
+    "config.json", "results.json", "win_rates.json", "bench.json", "thresholds.json", "thresholds", "*.png",
+    "iteration-*", "judgements*.jsonl", "samples", "eval", "judge", "model", "merged", "train", f".{RUN_FILE}.*.tmp",
+    ".records*.repair.tmp",
+)
+
+
+def toolkit_outputs(out_dir: Path) -> tuple[list[Path], list[Path]]:
+    """``(files the toolkit writes, everything else)`` directly in ``out_dir`` (``.lock`` in neither)."""
+    ours, others = [], []
+    for child in sorted(out_dir.iterdir()):
         if child.name == LOCK_FILE:
             continue
+        (ours if any(fnmatch.fnmatchcase(child.name, pattern) for pattern in RUN_OUTPUTS) else others).append(child)
+    return ours, others
+
+
+def _clear(out_dir: Path) -> list[Path]:
+    """Delete the toolkit's outputs in ``out_dir``; return what was kept."""
+    ours, others = toolkit_outputs(out_dir)
+    for child in ours:
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
+    return others
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -233,15 +279,22 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_run(out_dir: str | Path) -> dict[str, Any] | None:
-    """The ``run.json`` of a folder, or None."""
+def read_run(out_dir: str | Path, out_flag: str = "output folder") -> dict[str, Any] | None:
+    """The ``run.json`` of a folder (checked against :class:`cmikit.harness.schemas.RunFile`), or None. One
+    that this toolkit did not write, or that is damaged, is refused with how to recover; nothing is deleted."""
+    from cmikit.harness.errors import DataFileError
+    from cmikit.harness.schemas import RunFile, load_json
+
     path = Path(out_dir) / RUN_FILE
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise RunConflictError(f"{path} is unreadable ({err}); pass --overwrite to start the run over.") from err
+        return load_json(path, RunFile, what="run.json written by cmikit").model_dump()
+    except DataFileError as err:
+        raise RunConflictError(
+            f"{err}. This folder's {RUN_FILE} was not written by cmikit or is damaged, so the run cannot be "
+            f"resumed or overwritten; keep it by renaming the folder (mv {path.parent} {path.parent}.bad) and "
+            f"rerun to start over, or choose another {out_flag}.") from None
 
 
 _TMP_GLOB = f".{RUN_FILE}.*.tmp"
@@ -256,13 +309,13 @@ def _check_folder(out_dir: Path, *, kind: str, identity: dict[str, Any], fingerp
     leftovers = set(out_dir.glob(_TMP_GLOB))
     others = [c for c in out_dir.iterdir() if c.name != LOCK_FILE and c not in leftovers]
     if overwrite:
-        if others and not (out_dir / RUN_FILE).is_file():
+        if others and read_run(out_dir, out_flag) is None:
             raise RunConflictError(
                 f"{out_dir} holds files but no {RUN_FILE}, so it is not a run folder; {overwrite_flag} only "
                 f"empties run folders. Delete it yourself or choose another {out_flag}."
             )
         return None, bool(others)
-    existing = read_run(out_dir)
+    existing = read_run(out_dir, out_flag)
     if existing is not None:
         if existing.get("fingerprint") != fingerprint:
             diff = describe_differences(existing.get("identity", {}), identity)
@@ -281,7 +334,7 @@ def _check_folder(out_dir: Path, *, kind: str, identity: dict[str, Any], fingerp
 
 
 @contextlib.contextmanager
-def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignore: Iterable[str] = (),
+def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, keys: Iterable[str],
              files: Mapping[str, str | Path] | Iterable[str | Path] = (), models: Mapping[str, Any] | None = None,
              overwrite: bool = False, main_process: bool = True, overwrite_flag: str = "--overwrite",
              out_flag: str = "--out_dir") -> Iterator[Run]:
@@ -289,7 +342,7 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
     ``with`` block ends."""
     out_dir = Path(out_dir)
     config = dict(config)
-    identity = build_identity(kind, config, ignore, files, models)
+    identity = build_identity(kind, config, keys, files, models)
     fingerprint = hashlib.sha256(_canonical(identity).encode()).hexdigest()
     run = Run(out_dir, kind, config, identity, fingerprint)
     if not main_process:
@@ -304,7 +357,7 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
     _check_folder(out_dir, **check)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        run._lock_fd = _lock(out_dir)
+        run._lock_fd = _lock(out_dir, out_flag)
     except OSError as err:
         raise RunConflictError(f"{out_flag} {out_dir} cannot be used as a run folder ({err.strerror or err}); "
                                f"choose another {out_flag}.") from None
@@ -313,10 +366,18 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
         for leftover in out_dir.glob(_TMP_GLOB):  # from a run killed while writing run.json
             leftover.unlink(missing_ok=True)
         if clear:
-            _clear(out_dir)
+            kept = _clear(out_dir)
+            if kept:
+                import sys
+
+                print(f"note: {overwrite_flag} kept {len(kept)} file(s) cmikit does not write: "
+                      f"{', '.join(p.name for p in kept[:5])}", file=sys.stderr)
         run.resumed = existing is not None
         record = {"kind": kind, "fingerprint": fingerprint, "identity": identity, "config": config,
+                  "package": package_version(),
                   "created": existing.get("created") if existing else time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if existing and existing.get("package", package_version()) != package_version():
+            record["created_by_package"] = existing.get("created_by_package", existing["package"])
         if run.resumed:
             record["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         _write_json_atomic(out_dir / RUN_FILE, record)
@@ -324,3 +385,46 @@ def open_run(out_dir: str | Path, kind: str, config: Mapping[str, Any], *, ignor
     finally:
         _unlock(run._lock_fd)
         run._lock_fd = None
+
+
+def writable_problem(path: str | Path, folder: bool = False) -> str | None:
+    """Why ``path`` (a file to write, or with ``folder`` a folder to write into) cannot be written, or None.
+    Creates nothing: the nearest existing ancestor must be a folder this process may write."""
+    path = Path(path).expanduser()
+    if path.exists():
+        if folder != path.is_dir():
+            return f"it is {'a file' if folder else 'a folder'}"
+        target = path
+    else:
+        target = path.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            return f"{target} is not a folder"
+    if not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+        return f"{target} is not writable"
+    return None
+
+
+def check_writable(flag: str, path: str | Path, folder: bool = False) -> Path:
+    """``path`` when it can be written (see :func:`writable_problem`), else :class:`ConfigError` naming the
+    option: checked at start-up, so that nothing computed is lost at the end."""
+    from cmikit.harness.errors import ConfigError
+
+    problem = writable_problem(path, folder)
+    if problem:
+        raise ConfigError(f"{flag} {path}: cannot write there ({problem}); choose another path.")
+    return Path(path)
+
+
+def usable_cache_dir(path: Path) -> str | None:
+    """None when ``path`` (a cache folder) can be created and written, else the reason (a read-only or
+    forbidden ``CMIKIT_CACHE``, a full disk): callers then run without caching and say so once."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        return f"{err.strerror or err}"
+    return None

@@ -153,3 +153,105 @@ def tiny_dream_like(vocab_size: int = 64, mask_token_id: int | None = None, seed
     config.shift_logits = True
     config.is_bidirectional = True
     return TinyDreamLike(config).eval()
+
+
+#: Modules a released LLaDA / Dream folder names in ``auto_map``; the tiny checkpoints ship each as a tripwire.
+REMOTE_CODE_FILES = {"llada": ("configuration_llada", "modeling_llada"),
+                     "dream": ("configuration_dream", "modeling_dream", "tokenization_dream")}
+
+
+def _released_parameters(fmt: str, cfg: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random weights under the released parameter names (LLaDA: OLMo-style; Dream: Qwen2's)."""
+
+    def rand(*shape, std=0.1):
+        return torch.randn(*shape, generator=generator) * std
+
+    def norm(size):
+        return 1.0 + rand(size)
+
+    if fmt == "llada":
+        d, heads, kv = cfg["d_model"], cfg["n_heads"], cfg["n_kv_heads"]
+        head_dim, hidden, vocab = d // heads, cfg["mlp_hidden_size"], cfg["embedding_size"]
+        out = {"model.transformer.wte.weight": rand(vocab, d, std=1.0), "model.transformer.ln_f.weight": norm(d),
+               "model.transformer.ff_out.weight": rand(vocab, d, std=0.5)}
+        for i in range(cfg["n_layers"]):
+            p = f"model.transformer.blocks.{i}."
+            out.update({p + "attn_norm.weight": norm(d), p + "ff_norm.weight": norm(d),
+                        p + "q_proj.weight": rand(d, d, std=0.2), p + "k_proj.weight": rand(kv * head_dim, d, std=0.2),
+                        p + "v_proj.weight": rand(kv * head_dim, d, std=0.2), p + "attn_out.weight": rand(d, d),
+                        p + "ff_proj.weight": rand(hidden, d, std=0.2), p + "up_proj.weight": rand(hidden, d, std=0.2),
+                        p + "ff_out.weight": rand(d, hidden)})
+        head = "model.transformer.ff_out.weight"
+    else:
+        d, heads, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        head_dim, hidden, vocab = d // heads, cfg["intermediate_size"], cfg["vocab_size"]
+        out = {"model.embed_tokens.weight": rand(vocab, d, std=1.0), "model.norm.weight": norm(d),
+               "lm_head.weight": rand(vocab, d, std=0.5)}
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            out.update({p + "input_layernorm.weight": norm(d), p + "post_attention_layernorm.weight": norm(d),
+                        p + "self_attn.q_proj.weight": rand(d, d, std=0.2), p + "self_attn.q_proj.bias": rand(d),
+                        p + "self_attn.k_proj.weight": rand(kv * head_dim, d, std=0.2),
+                        p + "self_attn.k_proj.bias": rand(kv * head_dim),
+                        p + "self_attn.v_proj.weight": rand(kv * head_dim, d, std=0.2),
+                        p + "self_attn.v_proj.bias": rand(kv * head_dim), p + "self_attn.o_proj.weight": rand(d, d),
+                        p + "mlp.gate_proj.weight": rand(hidden, d, std=0.2),
+                        p + "mlp.up_proj.weight": rand(hidden, d, std=0.2), p + "mlp.down_proj.weight": rand(d, hidden)})
+        head = "lm_head.weight"
+    out[head][cfg["mask_token_id"]] = 0.0  # never predict [MASK] itself, as a trained model would not
+    return out
+
+
+def tiny_released_checkpoint(fmt: str, folder, seed: int = 0, layers: int = 2, num_key_value_heads: int = 2):
+    """Write a tiny LLaDA (``fmt="llada"``) or Dream (``"dream"``) checkpoint in the *released* format.
+
+    ``config.json`` is the released one (:data:`cmikit.harness.native_dlm.RELEASED_CONFIGS`, ``auto_map``
+    included) shrunk to hidden size 32, 4 heads, ``layers`` layers and the :func:`tiny_tokenizer` vocabulary;
+    weights are random, under the released parameter names, in two safetensors shards with an index; the
+    tokenizer's config names a remote tokenizer class for Dream, as released. Every module ``auto_map`` names
+    is a tripwire file: importing it writes ``<folder>/REMOTE_CODE_IMPORTED`` and raises.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from cmikit.harness.native_dlm import RELEASED_CONFIGS
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = tiny_tokenizer()
+    vocab = tiny_vocab_size()
+    cfg = json.loads(json.dumps(RELEASED_CONFIGS[fmt]))
+    ids = {"mask_token_id": tok.mask_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    if fmt == "llada":
+        cfg.update(d_model=32, n_heads=4, n_kv_heads=num_key_value_heads, n_layers=layers, mlp_hidden_size=48,
+                   embedding_size=vocab, vocab_size=vocab, max_sequence_length=256, **ids)
+    else:
+        cfg.update(hidden_size=32, num_attention_heads=4, num_key_value_heads=num_key_value_heads,
+                   num_hidden_layers=layers, max_window_layers=layers, intermediate_size=48, vocab_size=vocab,
+                   max_position_embeddings=256, bos_token_id=tok.bos_token_id, **ids)
+    cfg["torch_dtype"] = "float32"
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    params = _released_parameters(fmt, cfg, torch.Generator().manual_seed(seed))
+    names = sorted(params)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    weight_map = {}
+    for shard, keys in shards.items():
+        save_file({k: params[k].contiguous() for k in keys}, str(folder / shard), metadata={"format": "pt"})
+        weight_map.update({k: shard for k in keys})
+    total = sum(t.numel() * t.element_size() for t in params.values())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    tok.save_pretrained(folder)
+    if fmt == "dream":  # the released tokenizer config points at its own class (a copy of Qwen2's)
+        tc = json.loads((folder / "tokenizer_config.json").read_text())
+        tc.update(tokenizer_class="DreamTokenizer", auto_map={"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]})
+        (folder / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
+    marker = folder / "REMOTE_CODE_IMPORTED"
+    for module in REMOTE_CODE_FILES[fmt]:
+        (folder / f"{module}.py").write_text(
+            f"open({str(marker)!r}, 'a').write({module!r} + '\\n')\n"
+            f"raise ImportError('remote code {module} was imported')\n")
+    return folder

@@ -39,6 +39,14 @@ def check_adapter(key: str, adapter: str | None) -> None:
     if (adapter.startswith((".", "/", "~")) or p.parent.is_dir() and str(p.parent) not in ("", ".")) and \
             not (p / "adapter_config.json").is_file():
         raise ModelRefError(f"--{key} {adapter!r}: no PEFT adapter folder there (adapter_config.json missing).")
+    if p.is_dir():  # adapter_config.json an object, safetensors weights with a sound header, no pickles
+        from cmikit.harness.errors import DataFileError
+        from cmikit.harness.schemas import check_model_folder
+
+        try:
+            check_model_folder(p, adapter=True)
+        except DataFileError as err:
+            raise ModelRefError(f"--{key} {adapter!r}: {err}") from None
 
 
 def check_source_file(key: str, source: str | None) -> None:
@@ -93,6 +101,8 @@ def check_common(cfg: Any) -> None:
     for key in ("batch_size", "generation_batch_size", "eval_batch_size", "n_heldout", "lora_r", "lora_alpha"):
         if has(key):
             check_at_least(key, getattr(cfg, key), 1)
+    if has("seed"):
+        check_at_least("seed", cfg.seed, 0)
     if has("lora_dropout"):
         check_range("lora_dropout", cfg.lora_dropout, 0.0, 1.0, high_open=True)
     if has("constitutions") and cfg.constitutions != "builtin":

@@ -67,6 +67,13 @@ class EvaluateConfig:
         check_choice("logprob_reduction", self.logprob_reduction, REDUCTIONS)
 
 
+# The settings that change `sami evaluate`'s results (run identity, cmikit.harness.runs); out_dir, overwrite,
+# batch_size (records are per query) and trust_remote_code are recorded in run.json but not fingerprinted.
+EVALUATE_IDENTITY = ("model", "adapter", "task", "prompt_format", "queries", "query_column", "limit", "offset",
+                     "constitutions", "n_constitutions", "negatives", "max_new_tokens", "logprob_reduction",
+                     "mask_eos", "dtype")
+
+
 @dataclass
 class JudgeConfig:
     """``sami judge``: win rates of candidate responses over baseline responses."""
@@ -112,11 +119,16 @@ class JudgeConfig:
             check_model_ref("length_tokenizer", self.length_tokenizer)
 
 
+# The settings that change `sami judge`'s results; out_dir, overwrite, batch_size, trust_remote_code are not.
+JUDGE_IDENTITY = ("candidate", "baseline", "judged", "judge", "backend", "task", "mode", "order", "seed", "limit",
+                  "max_new_tokens", "length_tokenizer")
+
+
 def _iterate(argv: Sequence[str]) -> int:
     from cmikit.sami.config import SAMIConfig
     from cmikit.sami.iterate import IterateConfig, run_expert_iteration
 
-    cfg, train_args = parse_config((IterateConfig, SAMIConfig), list(argv))
+    cfg, train_args = parse_config((IterateConfig, SAMIConfig), list(argv), prog="sami iterate")
     results = run_expert_iteration(cfg, train_args)
     print(json.dumps(results, indent=1))
     return 0
@@ -131,7 +143,7 @@ def _evaluate(argv: Sequence[str]) -> int:
     from cmikit.sami.queries import load_queries
     from cmikit.sami.sampling import build_items
 
-    cfg = parse_config(EvaluateConfig, list(argv))
+    cfg = parse_config(EvaluateConfig, list(argv), prog="sami evaluate")
     queries = load_queries(cfg.queries, column=cfg.query_column, limit=cfg.limit, offset=cfg.offset)
     if cfg.constitutions == "builtin":
         items = build_items(queries, builtin_principles(cfg.task), None, cfg.n_constitutions, cfg.negatives,
@@ -139,7 +151,7 @@ def _evaluate(argv: Sequence[str]) -> int:
     else:
         items = build_items(queries, None, load_reference_constitutions(cfg.constitutions), seed=10_000)
     files = local_files(cfg.queries, cfg.constitutions if cfg.constitutions != "builtin" else None)
-    with open_run(cfg.out_dir, "sami-evaluate", config_to_dict(cfg), ignore=("out_dir", "overwrite", "batch_size"),
+    with open_run(cfg.out_dir, "sami-evaluate", config_to_dict(cfg), keys=EVALUATE_IDENTITY,
                   files=files, models={"model": model_identity(cfg.model, adapter=cfg.adapter)},
                   overwrite=cfg.overwrite):
         backend = TransformersBackend.from_ref(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
@@ -155,11 +167,10 @@ def _judge(argv: Sequence[str]) -> int:
     from cmikit.harness.runs import model_identity, open_run
     from cmikit.sami.judge import judge_pairs, load_length_tokenizer, pairs_from_files, released_win_rates
 
-    cfg = parse_config(JudgeConfig, list(argv))
-    ignore = ("out_dir", "overwrite", "batch_size")
+    cfg = parse_config(JudgeConfig, list(argv), prog="sami judge")
     if cfg.judged is not None:
         result = released_win_rates(cfg.judged)
-        with open_run(cfg.out_dir, "sami-judge-released", {"judged": cfg.judged}, ignore=(),
+        with open_run(cfg.out_dir, "sami-judge-released", {"judged": cfg.judged}, keys=("judged",),
                       files={"judged": cfg.judged}, overwrite=cfg.overwrite) as run:
             run.path("win_rates.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
@@ -169,7 +180,7 @@ def _judge(argv: Sequence[str]) -> int:
     models = {"judge": model_identity(cfg.judge)}
     if length_ref != "words":
         models["length_tokenizer"] = model_identity(length_ref)
-    with open_run(cfg.out_dir, "sami-judge", config_to_dict(cfg), ignore=ignore,
+    with open_run(cfg.out_dir, "sami-judge", config_to_dict(cfg), keys=JUDGE_IDENTITY,
                   files={"candidate": cfg.candidate, "baseline": cfg.baseline}, models=models,
                   overwrite=cfg.overwrite):
         from cmikit.harness.backends import make_backend

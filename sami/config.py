@@ -4,6 +4,7 @@ the command line can parse and check them without importing the Trainer (start-u
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -44,13 +45,20 @@ class SAMIConfig(TrainingArguments):
         pad_to_multiple_of (`int` or `None`, defaults to `None`):
             Pad sequence length to a multiple of this (for compiled or TPU kernels).
 
-        > Model
+        > Model (as ``trl.DPOConfig``)
 
+        model_init_kwargs (`dict`, `str` or `None`, defaults to `None`):
+            Keyword arguments for loading the model when `SAMITrainer` gets a reference string (alias, Hub id,
+            folder, .gguf): `dtype`, `attn_implementation`, `revision`, `device_map`, `trust_remote_code`, as
+            DPO's. A `dtype` here wins over `model_dtype`. Under FSDP / DeepSpeed the model is loaded on the CPU
+            for the Trainer to shard, whatever `device_map` says.
+        trust_remote_code (`bool`, defaults to `False`):
+            Allow modelling code from the checkpoint (model and tokenizer), as DPO's.
         model_dtype (`str`, defaults to `"fp32"`):
             Weight dtype when `model` is given as a reference string: `fp32` masters with `--bf16 true` autocast
             (recommended; pure bf16 weights lose updates of size ~lr to rounding) or `bf16` / `auto`.
         disable_dropout (`bool`, defaults to `True`):
-            Set every dropout probability to 0.
+            Set every dropout probability to 0 (``trl.trainer.utils.disable_dropout_in_model``).
 
         > Paper-era quirks (research code ``typo``; off by default)
 
@@ -82,11 +90,18 @@ class SAMIConfig(TrainingArguments):
     ``weight_decay: 0.01`` and ``weight_decay_params: all``).
     """
 
+    # Lets TrainingArguments turn a JSON string (command line, YAML) into a dict, as DPOConfig does.
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "model_init_kwargs"]
+
     logprob_reduction: str = field(default="mean", metadata={"help": "mean (released code) or sum (paper Eq. 2)"})
     mask_eos: bool = field(default=False, metadata={"help": "do not train EOS (reference behaviour)"})
     max_completion_length: int | None = field(default=None, metadata={"help": "truncate responses (tokens)"})
     layout: str = field(default="shared_prompt", metadata={"help": "shared_prompt or padded"})
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "pad length to a multiple"})
+    model_init_kwargs: dict[str, Any] | str | None = field(default=None, metadata={
+        "help": "keyword arguments for loading a model given as a string (dtype, attn_implementation, revision, "
+                "device_map, trust_remote_code), as DPOConfig"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow modelling code from the checkpoint"})
     model_dtype: str = field(default="fp32", metadata={"help": "weights dtype when model is a reference"})
     disable_dropout: bool = field(default=True, metadata={"help": "set dropout probabilities to 0"})
     lr_zero_first_step: bool = field(default=False, metadata={"help": "paper-era quirk: first step at lr 0"})

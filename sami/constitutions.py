@@ -216,16 +216,14 @@ def load_reference_constitutions(path: str | Path) -> list[list[Constitution]]:
     files = sorted(path.glob("*.json"), key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
     if not files or not files[0].is_file():
         raise ConstitutionError(f"--constitutions {path}: no constitution JSON files found there.")
+    from cmikit.harness.schemas import ReferenceConstitutionFile
     from cmikit.sami.files import read_json
 
     sets = []
     for f in files:
-        data = read_json(f, "constitution file")
-        if not isinstance(data, dict):
-            raise ConstitutionError(f"{f}: expected an object with 'positive' and 'negative' constitutions, got "
-                                    f"{type(data).__name__} {str(data)[:40]}.")
+        data = read_json(f, 'constitution file {"positive": text, "negative": text}', ReferenceConstitutionFile)
         try:
-            sets.append(parse_reference_constitution(data))
+            sets.append(parse_reference_constitution(data.model_dump()))
         except ConstitutionError as err:
             raise ConstitutionError(f"{f}: {err}") from err
     return sets

@@ -22,7 +22,6 @@ import gc
 import itertools
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,6 @@ class IterateConfig:
     length_tokenizer: str | None = field(
         default=None, metadata={"help": "model whose tokenizer counts lengths for the balanced win rate "
                                         "(None: the policy, as the reference)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow modelling code from the checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "empty a run folder made with other settings"})
 
     def __post_init__(self) -> None:
@@ -199,7 +197,7 @@ class ExpertIteration:
 
             base, adapter = self.model_ref(eta)
             model, tok = load_model(base, adapter=adapter, dtype=self.args.model_dtype,
-                                    trust_remote_code=self.cfg.trust_remote_code)
+                                    trust_remote_code=self.args.trust_remote_code)
             model = model.merge_and_unload()
             if _state().is_main_process:
                 model.save_pretrained(out)
@@ -215,10 +213,10 @@ class ExpertIteration:
         if self.cfg.backend == "vllm":
             if adapter is not None:
                 base = self._merged(eta)
-            return make_backend("vllm", base, trust_remote_code=self.cfg.trust_remote_code)
+            return make_backend("vllm", base, trust_remote_code=self.args.trust_remote_code)
         return TransformersBackend.from_ref(base, adapter=adapter, dtype=self.args.model_dtype,
                                             batch_size=self.cfg.generation_batch_size,
-                                            trust_remote_code=self.cfg.trust_remote_code)
+                                            trust_remote_code=self.args.trust_remote_code)
 
     def _sampling(self):
         from cmikit.harness.backends import SamplingParams
@@ -248,7 +246,7 @@ class ExpertIteration:
         return ds
 
     def _train_model(self, eta: int):
-        from cmikit.harness.models import load_model
+        from cmikit.sami.trainer import load_policy
 
         if self.cfg.train_from == "previous" and eta > 1:
             base, adapter = self.model_ref(eta - 1)
@@ -256,17 +254,22 @@ class ExpertIteration:
                 base = self._merged(eta - 1)
         else:
             base = self.cfg.model
-        # Under FSDP / DeepSpeed the Trainer shards a CPU-loaded model; otherwise it goes to this process's device.
-        sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
-            os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-        model, tok = load_model(base, dtype=self.args.model_dtype, eval_mode=False,
-                                device_map="cpu" if sharded else "accelerate",
-                                trust_remote_code=self.cfg.trust_remote_code)
-        return model, tok
+        return load_policy(base, self.args)  # the trainer's own loading path (FSDP / DeepSpeed: on the CPU)
+
+    def peft_config(self):
+        """The LoRA settings as TRL's ``ModelConfig`` → ``get_peft_config`` (``None`` without ``use_lora``)."""
+        from trl import ModelConfig, get_peft_config
+
+        cfg = self.cfg
+        return get_peft_config(ModelConfig(use_peft=cfg.use_lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                           lora_dropout=cfg.lora_dropout,
+                                           lora_target_modules=list(cfg.lora_target_modules)))
 
     def train(self, eta: int, samples) -> None:
         """Stages 2–3: train for this iteration's step count and save the iterate."""
         import dataclasses
+
+        from transformers.trainer_utils import get_last_checkpoint
 
         from cmikit.sami.sampling import training_rows
         from cmikit.sami.trainer import SAMIInputError, SAMITrainer
@@ -282,21 +285,12 @@ class ExpertIteration:
         ckpt_dir = self.iteration_dir(eta) / "train"
         args = dataclasses.replace(self.args, output_dir=str(ckpt_dir), max_steps=steps)
         model, tok = self._train_model(eta)
-        peft_config = None
-        if self.cfg.use_lora:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha,
-                                     lora_dropout=self.cfg.lora_dropout, task_type="CAUSAL_LM",
-                                     target_modules=list(self.cfg.lora_target_modules))
+        peft_config = self.peft_config()
         if self.cfg.max_train_items is not None and len(samples) > self.cfg.max_train_items:
             samples = samples.select(range(self.cfg.max_train_items))
         rows = training_rows(samples, self.cfg.task, self.cfg.prompt_format, shuffle=True, salt=eta)
         trainer = SAMITrainer(model, args, train_dataset=rows, processing_class=tok, peft_config=peft_config)
-        last = None
-        if ckpt_dir.is_dir():
-            ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            last = str(ckpts[-1]) if ckpts else None
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=last)
         trainer.save_model(str(out))
         if _state().is_main_process:
@@ -346,7 +340,8 @@ class ExpertIteration:
         length_ref = self.cfg.length_tokenizer or self.cfg.model
         settings = {"judge_model": self.cfg.judge_model, "judge_mode": self.cfg.judge_mode,
                     "judge_order": self.cfg.judge_order, "length_tokenizer": length_ref}
-        return open_run(self.iteration_dir(eta) / "judge", "sami-iterate-judge", settings,
+        return open_run(self.iteration_dir(eta) / "judge", "sami-iterate-judge", settings, keys=settings,
+                        out_flag="--output_dir",
                         models={"judge": model_identity(self.cfg.judge_model),
                                 "length_tokenizer": model_identity(length_ref)},
                         main_process=_state().is_main_process)
@@ -382,9 +377,9 @@ class ExpertIteration:
             _state().wait_for_everyone()
             if check_only:
                 return None
-            length_tok = load_length_tokenizer(length_ref, self.cfg.trust_remote_code)
+            length_tok = load_length_tokenizer(length_ref, self.args.trust_remote_code)
             judge = make_backend(self.cfg.backend, self.cfg.judge_model,
-                                 trust_remote_code=self.cfg.trust_remote_code)
+                                 trust_remote_code=self.args.trust_remote_code)
             return judge_pairs(judge, pairs, self.iteration_dir(eta) / "judge", task=self.cfg.task,
                                mode=self.cfg.judge_mode, order=self.cfg.judge_order, length_tokenizer=length_tok,
                                length_unit=f"tokens:{length_ref}")
@@ -442,19 +437,31 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
                     title="SAMI expert iteration")
 
 
-# Settings that do not change results: saved in run.json but not fingerprinted. Batch sizes of sampling and
-# evaluation are here because records are kept per query (a resumed run keeps what it has).
-ITERATE_IGNORE = (
-    "output_dir", "overwrite", "disable_tqdm", "logging_steps", "logging_strategy", "logging_first_step",
-    "logging_nan_inf_filter", "log_level", "log_level_replica", "log_on_each_node", "report_to", "run_name",
-    "project", "save_strategy", "save_steps", "save_total_limit", "save_on_each_node", "save_only_model",
-    "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_always_push", "hub_revision",
-    "local_rank", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "skip_memory_metrics", "include_num_input_tokens_seen", "trackio_space_id",
-    "trackio_bucket_id", "trackio_static_space_id", "resume_from_checkpoint", "ddp_timeout",
-    "generation_batch_size", "eval_batch_size", "per_device_eval_batch_size", "torch_empty_cache_steps",
-    # The judge stage fingerprints its own folder (iteration-η/judge/run.json), so a judge can be added later.
-    "judge_model", "judge_mode", "judge_order", "length_tokenizer",
+# The settings that change a `sami iterate` run's results (the run identity, cmikit.harness.runs): IterateConfig's,
+# SAMIConfig's own, and the TrainingArguments fields that change training. A new option that changes results
+# belongs here. Everything else is recorded in run.json but does not refuse a resume: the output folder,
+# --overwrite, logging, saving, Hub and tracker options, dataloader workers, batch sizes of sampling and
+# evaluation (records are kept per query), trust_remote_code, the judge settings (the judge stage fingerprints
+# its own folder, iteration-<eta>/judge/run.json, so a judge can be added later), and any field a newer
+# transformers adds to TrainingArguments.
+ITERATE_IDENTITY = (
+    # IterateConfig
+    "model", "task", "prompt_format", "queries", "query_split", "query_column", "queries_per_iteration",
+    "max_train_items", "alternate_queries", "heldout_queries", "heldout_split", "n_heldout", "constitutions",
+    "n_constitutions", "negatives", "iterations", "steps_per_iteration", "train_from", "use_lora", "lora_r",
+    "lora_alpha", "lora_dropout", "lora_target_modules", "backend", "max_new_tokens", "temperature", "top_p",
+    "filter_strings", "drop_identical", "require_period", "data_seed_offset",
+    # SAMIConfig's own fields
+    "logprob_reduction", "mask_eos", "max_completion_length", "layout", "pad_to_multiple_of", "model_dtype",
+    "disable_dropout", "lr_zero_first_step", "last_microbatch_gradient_only", "schedule", "weight_decay_params",
+    "model_init_kwargs",  # dtype, attn_implementation, revision of the model loaded for training
+    # TrainingArguments: optimisation, schedule, precision, batching, seeds
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
+    "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args", "optim_target_modules",
+    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "label_smoothing_factor",
+    "average_tokens_across_devices", "bf16", "fp16", "tf32", "gradient_checkpointing", "neftune_noise_alpha",
+    "seed", "data_seed", "full_determinism", "dataloader_drop_last", "train_sampling_strategy", "use_liger_kernel",
+    "torch_compile", "fsdp", "fsdp_config", "deepspeed",
 )
 SECRET_KEYS = ("hub_token",)
 
@@ -482,7 +489,8 @@ def run_expert_iteration(cfg: IterateConfig, train_args: SAMIConfig) -> dict[str
         loop.check_judges()  # a rerun with other judge settings is refused before anything is written
     files = local_files(cfg.queries, cfg.heldout_queries,
                         cfg.constitutions if cfg.constitutions != "builtin" else None)
-    with open_run(train_args.output_dir, "sami-iterate", run_config(cfg, train_args), ignore=ITERATE_IGNORE,
-                  files=files, models=models, overwrite=cfg.overwrite, main_process=_state().is_main_process):
+    with open_run(train_args.output_dir, "sami-iterate", run_config(cfg, train_args), keys=ITERATE_IDENTITY,
+                  files=files, models=models, overwrite=cfg.overwrite, main_process=_state().is_main_process,
+                  out_flag="--output_dir"):
         _state().wait_for_everyone()  # other processes start once the main one holds the folder
         return loop.run()

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cmikit.harness.errors import ConfigError, DataFileError
+from cmikit.harness.errors import ConfigError
 from cmikit.harness.evaluation import bootstrap_ci
 from cmikit.sami.prompts import judge_prompt
 
@@ -164,20 +164,12 @@ def degenerate_judge(judgements: Sequence[dict[str, Any]], share: float = DEGENE
 def released_win_rates(path: str | Path) -> dict[str, Any]:
     """:func:`win_rates` of a released judge-output file: a JSON list of ``[win, len_baseline, len_candidate]``
     rows (``typo:experiments/hh-rlhf/results_fixed/win_rates/*.json``)."""
+    from cmikit.harness.schemas import JudgedRows
+    from cmikit.sami.files import read_json
+
     path = Path(path)
-    if not path.is_file():
-        raise DataFileError("judge-output file not found", path=path)
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise DataFileError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=path) from err
-    except json.JSONDecodeError as err:
-        raise DataFileError(f"not valid JSON ({err.msg})", path=path, line=err.lineno) from err
-    if not isinstance(rows, list) or not rows:
-        raise DataFileError("expected a non-empty JSON list of [win, len_baseline, len_candidate] rows", path=path)
-    for k, r in enumerate(rows):
-        if not (isinstance(r, list) and len(r) == 3 and all(isinstance(v, (int, float)) for v in r)):
-            raise DataFileError(f"row {k} is {r!r}; expected [win, len_baseline, len_candidate]", path=path)
+    rows = read_json(path, "judge-output file (a list of [win 0/0.5/1, len_baseline, len_candidate] rows)",
+                     JudgedRows)
     out = win_rates([r[0] for r in rows], [r[2] for r in rows], [r[1] for r in rows])
     out["source"] = str(path)
     return out
@@ -259,7 +251,10 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
         return records
 
     out_dir = Path(out_dir)
-    run_task(Task("sami-judge", list(pairs), run_batch), out_dir, batch_size=batch_size, progress=progress)
+    from cmikit.harness.schemas import JudgeRecord
+
+    run_task(Task("sami-judge", list(pairs), run_batch, record_schema=JudgeRecord), out_dir, batch_size=batch_size,
+             progress=progress)
     recs = read_records(out_dir)
     done = [recs[str(p["id"])] for p in pairs if str(p["id"]) in recs]
     result = win_rates([r["metrics"]["win"] for r in done], [r["len_candidate"] for r in done],
@@ -292,24 +287,17 @@ def judge_pairs(judge: Any, pairs: Sequence[dict[str, Any]], out_dir: str | Path
 # ------------------------------------------------------------------------------- reference response files
 def load_response_file(path: str | Path) -> dict[str, dict[str, str]]:
     """Reference format ``{"constitution": {i: ...}, "question": {i: ...}, "response": {i: ...}}`` → by id."""
+    from cmikit.harness.schemas import ReferenceResponses, ResponseItems, validate
     from cmikit.sami.files import read_json
 
     path = Path(path)
-    data = read_json(path, "response file")
-    if isinstance(data, dict) and all(isinstance(data.get(k), dict) for k in ("question", "response")):
-        const = data.get("constitution", {})
-        return {str(i): {"query": data["question"][i], "response": data["response"][i],
-                         "constitution": const.get(i, "")} for i in data["response"] if i in data["question"]}
-    if isinstance(data, list) and data:  # a list of {"id", "query", "response", "constitution"}
-        for k, r in enumerate(data):
-            if not (isinstance(r, dict) and all(isinstance(r.get(f), str) for f in ("query", "response"))
-                    and "id" in r):
-                raise DataFileError(f"item {k} needs string 'query' and 'response' fields and an 'id'", path=path)
-        return {str(r["id"]): {"query": r["query"], "response": r["response"],
-                               "constitution": r.get("constitution", "")} for r in data}
-    got = list(data)[:5] if isinstance(data, dict) else type(data).__name__
-    raise DataFileError(f"not a responses file: expected question/response mappings (reference format) or a "
-                        f"list of {{id, query, response}} items, got {got}", path=path)
+    what = "responses file (question/response mappings, or a list of {id, query, response} items)"
+    data = read_json(path, what)
+    data = validate(ReferenceResponses if isinstance(data, dict) else ResponseItems, data, path, what=what)
+    if isinstance(data, ReferenceResponses):
+        return {str(i): {"query": data.question[i], "response": data.response[i],
+                         "constitution": data.constitution.get(i, "")} for i in data.response if i in data.question}
+    return {str(r.id): {"query": r.query, "response": r.response, "constitution": r.constitution} for r in data}
 
 
 def pairs_from_files(candidate: str | Path, baseline: str | Path, limit: int | None = None) -> list[dict[str, Any]]:

@@ -140,7 +140,7 @@ def completion_logprob_matrix(
     marks the response tokens (and EOS when it is trained). Rows are ordered (query, constitution i,
     response j), as :class:`~cmikit.sami.trainer.SAMIDataCollator` emits them with ``layout="padded"``.
     """
-    token_lp = selective_log_softmax(logits, labels)
+    token_lp = token_logprobs(logits, labels)
     per_seq = reduce_token_logprobs(token_lp, completion_mask, reduction)
     c2 = n_constitutions * n_constitutions
     if per_seq.numel() % c2:
@@ -148,8 +148,14 @@ def completion_logprob_matrix(
     return per_seq.view(-1, n_constitutions, n_constitutions)
 
 
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits)[..., index]`` without materialising the full log-softmax (fp32 math)."""
-    logits = logits.float()
-    picked = torch.gather(logits, -1, index.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)[..., labels]`` per position, returned in fp32 (negative labels read as 0).
+
+    TRL's ``selective_log_softmax`` does the work: fp32 logits exactly (gather minus a row-by-row logsumexp);
+    bf16 / fp16 logits row by row in their own dtype (a log-softmax of one sequence at a time), never an fp32
+    copy of the whole [N, T, V] tensor; on a CUDA device with triton, its fused kernel. The [N, T] result is
+    then cast to fp32 so the reduction over tokens and the C×C matrix are fp32.
+    """
+    from trl.trainer.utils import selective_log_softmax
+
+    return selective_log_softmax(logits, labels.clamp_min(0)).float()

@@ -64,21 +64,23 @@ def _load_local(path: Path, column: str | None) -> list[dict[str, str]]:
 
     if path.is_dir():
         raise DataFileError("is a folder; give a .json, .jsonl or .csv query file", path=path)
+    from cmikit.harness.schemas import QueriesObject, QueryRows, QueryStrings, ReferenceQueries, validate
+
+    what = 'query file (a list of strings or of objects with a text column, or {"queries": [...]})'
     if path.suffix == ".json":
-        data = read_json(path, "query file")
-        if isinstance(data, dict) and isinstance(data.get("question"), dict):  # reference responses format
-            return [{"id": str(k), "query": v.strip()} for k, v in data["question"].items()
-                    if isinstance(v, str) and v.strip()]
-        if isinstance(data, dict) and isinstance(data.get("queries"), list):
-            data = data["queries"]
+        data = read_json(path, what)
+        if isinstance(data, dict):  # the shape picks the schema, so an error names what that shape needs
+            data = validate(ReferenceQueries if "question" in data else QueriesObject, data, path, what=what)
+            if isinstance(data, ReferenceQueries):  # reference responses format
+                return [{"id": str(k), "query": v.strip()} for k, v in data.question.items() if v.strip()]
+            data = data.queries
+        elif isinstance(data, list) and data and any(isinstance(q, str) for q in data):
+            data = validate(QueryStrings, data, path, what=what)
         if isinstance(data, list) and data and all(isinstance(q, str) for q in data):
             return [{"id": str(k), "query": q.strip()} for k, q in enumerate(data) if q.strip()]
-        if not isinstance(data, list) or not data:
-            raise DataFileError("holds no queries (expected a list of strings or of objects with a text column)",
-                                path=path)
-        rows = data
+        rows = validate(QueryRows, data, path, what=what)
     elif path.suffix == ".jsonl":
-        rows = read_jsonl(path, "query file")
+        rows = read_jsonl(path, "query file (one object with a text column per line)", schema=dict[str, Any])
         if not rows:
             raise DataFileError("holds no queries (the file is empty)", path=path)
     elif path.suffix == ".csv":
@@ -90,10 +92,7 @@ def _load_local(path: Path, column: str | None) -> list[dict[str, str]]:
             raise DataFileError("holds no queries (no data rows under the header)", path=path)
     else:
         raise QueryError(f"Unsupported query file type {path.suffix!r} ({path}); use .json, .jsonl or .csv.")
-    for n, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DataFileError(f"item {n + 1} is {type(row).__name__}, not an object with a text column",
-                                path=path, line=n + 1 if path.suffix == ".jsonl" else None)
+    rows = validate(QueryRows, rows, path, what=what)  # objects, unique ids
     return _from_rows(rows, str(path), column)
 
 

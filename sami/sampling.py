@@ -165,3 +165,35 @@ def training_rows(items: Any, task: str, fmt: str, shuffle: bool = True, salt: A
     rows = [{"prompts": item_prompts(it, task, fmt, shuffle=shuffle, salt=salt), "responses": it["responses"],
              "complete": it.get("complete") or [True] * len(it["responses"])} for it in items]
     return datasets.Dataset.from_list(rows)
+
+
+def rows_from_triples(data: Any, task: str, fmt: str, constitution_column: str = "constitution",
+                      query_column: str = "query", response_column: str = "response") -> Any:
+    """A dataset of (constitution, query, response) rows → SAMI rows ``{"prompts", "responses"}``.
+
+    Rows are grouped by query, in order of first appearance; within a query the k-th row gives constitution k and
+    the response sampled under it, so prompt_k = the task's prompt for (constitution_k, query). Every query needs
+    the same number C >= 2 of rows. A constitution is its rendered text (e.g. numbered principles).
+    """
+    import datasets
+
+    from cmikit.sami.loss import SAMIInputError
+    from cmikit.sami.prompts import build_prompt
+
+    missing = [c for c in (constitution_column, query_column, response_column) if c not in data.column_names]
+    if missing:
+        raise SAMIInputError(
+            f"The dataset has no column(s) {missing}; SAMI data is either rows of (constitution, query, response) "
+            f"(name them with --constitution_column/--query_column/--response_column) or rows of 'prompts' and "
+            f"'responses' lists. Columns found: {data.column_names}.")
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for r in data:
+        groups.setdefault(r[query_column], []).append((r[constitution_column], r[response_column]))
+    sizes = {len(v) for v in groups.values()}
+    if len(sizes) != 1 or min(sizes) < 2:
+        raise SAMIInputError(
+            f"Every query needs the same number C >= 2 of (constitution, response) rows; found {sorted(sizes)} rows "
+            f"per query.")
+    return datasets.Dataset.from_list([
+        {"prompts": [build_prompt(task, c, q, fmt) for c, _ in pairs], "responses": [y for _, y in pairs]}
+        for q, pairs in groups.items()])

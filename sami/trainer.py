@@ -33,17 +33,34 @@ reproduces the research code's loop step for step (``tests/test_sami_reference.p
 from __future__ import annotations
 
 import math
+import os
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer
+from trl.trainer.utils import disable_dropout_in_model, generate_model_card, get_config_model_id, pad
 
 from cmikit.harness.backends import render_prompt
 from cmikit.sami.config import DECAY_PARAMS, LAYOUTS, SCHEDULES, SAMIConfig  # noqa: F401 (re-exported)
-from cmikit.sami.loss import SAMIInputError, reduce_token_logprobs, sami_loss, selective_log_softmax
+from cmikit.sami.loss import SAMIInputError, reduce_token_logprobs, sami_loss, token_logprobs
+
+if TYPE_CHECKING:
+    from peft import PeftConfig, PeftModel
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+CITATION = textwrap.dedent("""\
+    @inproceedings{franken2024sami,
+        title        = {{Self-Supervised Alignment with Mutual Information: Learning to Follow Principles without Preference Labels}},
+        author       = {Jan-Philipp Fr{\\"a}nken and Eric Zelikman and Rafael Rafailov and Kanishk Gandhi and Tobias Gerstenberg and Noah D. Goodman},
+        year         = 2024,
+        booktitle    = {Advances in Neural Information Processing Systems 37 (NeurIPS 2024)},
+        eprint       = {2404.14313},
+        archivePrefix = {arXiv},
+    }""")
 
 
 # ----------------------------------------------------------------------------------------------- collator
@@ -165,19 +182,17 @@ class SAMIDataCollator:
         for per_const in encoded:
             for prompt_ids, completions in per_const:
                 for comp in completions:
-                    seqs.append(prompt_ids + comp)
-                    masks.append([0] * len(prompt_ids) + [1] * len(comp))
-        width = _pad_to(max(len(s) for s in seqs), self.pad_to_multiple_of)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        completion = torch.zeros((len(seqs), width), dtype=torch.long)
-        for n, (s, m) in enumerate(zip(seqs, masks)):
-            input_ids[n, : len(s)] = torch.tensor(s)
-            attention[n, : len(s)] = 1
-            completion[n, : len(m)] = torch.tensor(m)
-        return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
+                    seqs.append(torch.tensor(prompt_ids + comp))
+                    masks.append(torch.tensor([0] * len(prompt_ids) + [1] * len(comp)))
+        multiple = self.pad_to_multiple_of
+        return {
+            "input_ids": pad(seqs, padding_value=self.tokenizer.pad_token_id, pad_to_multiple_of=multiple),
+            "attention_mask": pad([torch.ones_like(x) for x in seqs], padding_value=0, pad_to_multiple_of=multiple),
+            "completion_mask": pad(masks, padding_value=0, pad_to_multiple_of=multiple),
+        }
 
+    # Built by hand, not with trl's ``pad``: prompts are left-aligned to a common end column and C responses follow
+    # in one row, with a 4D block mask and restarted position ids, a layout TRL has no helper for.
     def _shared(self, encoded, n_const: int) -> dict[str, Any]:
         rows = [(p, comps) for per_const in encoded for p, comps in per_const]
         prompt_end = max(len(p) for p, _ in rows)
@@ -233,7 +248,7 @@ def logprob_matrix(model: Any, batch: dict[str, Any], reduction: str = "mean") -
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         labels = batch["input_ids"][:, 1:]
         mask = batch["completion_mask"][:, 1:]
-        token_lp = selective_log_softmax(logits[:, :-1], labels)
+        token_lp = token_logprobs(logits[:, :-1], labels)
         matrix = reduce_token_logprobs(token_lp, mask, reduction).view(-1, n_const, n_const)
         lengths = mask.sum(-1).view(-1, n_const, n_const)[:, 0, :]
         return matrix, lengths
@@ -254,7 +269,7 @@ def logprob_matrix(model: Any, batch: dict[str, Any], reduction: str = "mean") -
     logits = out.logits  # [N, width - start, V]
     index = (batch["score_index"] - start).clamp_min(0)
     picked = torch.gather(logits, 1, index[..., None].expand(-1, -1, logits.shape[-1]))
-    token_lp = selective_log_softmax(picked, batch["score_target"])
+    token_lp = token_logprobs(picked, batch["score_target"])
     seg = batch["score_segment"]
     valid = seg >= 0
     n_rows = seg.shape[0]
@@ -266,52 +281,147 @@ def logprob_matrix(model: Any, batch: dict[str, Any], reduction: str = "mean") -
     return sums.view(-1, n_const, n_const), counts.view(-1, n_const, n_const)[:, 0, :]
 
 
+# ------------------------------------------------------------------------------------------------ model
+def sharded_launch() -> bool:
+    """True under an FSDP or DeepSpeed ``accelerate launch``: the Trainer then shards a CPU-loaded model."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+MODEL_INIT_KEYS = ("dtype", "attn_implementation", "revision", "device_map", "trust_remote_code")
+
+
+def load_policy(model_id: str, args: SAMIConfig, quantization_config: Any = None) -> tuple[Any, Any]:
+    """Load the model to train and its tokenizer from a reference string (alias, Hub id, folder, .gguf).
+
+    The one loading path of :class:`SAMITrainer` (``model`` given as a string) and of ``sami iterate``:
+    ``args.model_init_kwargs`` as DPO's (a ``dtype`` there wins over ``args.model_dtype``; other keys go to
+    ``from_pretrained``), ``args.trust_remote_code``, and placement: under FSDP / DeepSpeed on the CPU (the
+    Trainer shards it), otherwise on this process's device (for k-bit weights too: that is what TRL's former
+    ``get_kbit_device_map`` returned, so no helper is needed) unless ``device_map`` is given.
+    """
+    from cmikit.harness.models import load_model
+
+    kwargs = dict(args.model_init_kwargs or {})
+    if quantization_config is not None and kwargs.get("quantization_config") is not None:
+        raise SAMIInputError("quantization_config is given both to SAMITrainer and in model_init_kwargs; give it once "
+                             "(preferably to the trainer).")
+    quantization_config = quantization_config or kwargs.pop("quantization_config", None)
+    dtype = kwargs.pop("dtype", None) or args.model_dtype
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    trust = bool(kwargs.pop("trust_remote_code", args.trust_remote_code))
+    device_map = kwargs.pop("device_map", None) or "accelerate"
+    if sharded_launch():
+        device_map = "cpu"
+    model, tokenizer = load_model(model_id, dtype=dtype, device_map=device_map, eval_mode=False,
+                                  trust_remote_code=trust, attn_implementation=kwargs.pop("attn_implementation", None),
+                                  revision=kwargs.pop("revision", None), quantization_config=quantization_config,
+                                  model_kwargs=kwargs)
+    return model, tokenizer
+
+
 # ----------------------------------------------------------------------------------------------- trainer
 class SAMITrainer(Trainer):
-    """Trainer for SAMI (see the module docstring).
+    """Trainer for SAMI (see the module docstring), with ``trl.DPOTrainer``'s arguments and order.
 
     Args:
-        model: a model, or a reference string for :func:`harness.load_model` (alias, Hub id, folder, .gguf).
-        args: :class:`SAMIConfig`.
+        model: a model, a ``PeftModel``, or a reference string (alias, Hub id, folder, .gguf) loaded with
+            ``args.model_init_kwargs`` by :func:`load_policy`.
+        args: :class:`SAMIConfig` (default: ``SAMIConfig("<model name>-SAMI")``).
+        data_collator: default :class:`SAMIDataCollator` with the config's layout and EOS settings.
         train_dataset / eval_dataset: rows ``{"prompts": [...C], "responses": [...C]}``.
-        processing_class: the tokenizer (loaded with the model when ``model`` is a string).
+        processing_class: the tokenizer; ``None``: loaded from the model.
+        compute_metrics, callbacks, optimizers: as ``transformers.Trainer``.
+        quantization_config: a ``BitsAndBytesConfig`` for a model given as a string (QLoRA with ``peft_config``).
         peft_config: a ``peft`` config (e.g. ``LoraConfig``) to train an adapter instead of all weights.
     """
 
-    _tag_names = ["sami"]
+    _tag_names = ["trl", "sami"]
+    _name = "SAMI"
+    _paper = {"title": "Self-Supervised Alignment with Mutual Information: Learning to Follow Principles without "
+                       "Preference Labels", "id": "2404.14313", "citation": CITATION}
 
-    def __init__(self, model: Any, args: SAMIConfig | None = None, train_dataset: Any = None,
-                 eval_dataset: Any = None, processing_class: Any = None, data_collator: Any = None,
-                 peft_config: Any = None, callbacks: Any = None, optimizers: Any = (None, None)) -> None:
-        args = args or SAMIConfig(output_dir="sami-output")
+    def __init__(self, model: str | PreTrainedModel | PeftModel, args: SAMIConfig | None = None,
+                 data_collator: Any = None, train_dataset: Any = None, eval_dataset: Any = None,
+                 processing_class: PreTrainedTokenizerBase | None = None, compute_metrics: Any = None,
+                 callbacks: list | None = None, optimizers: tuple = (None, None),
+                 quantization_config: BitsAndBytesConfig | None = None, peft_config: PeftConfig | None = None) -> None:
+        if args is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config) or "model"
+            args = SAMIConfig(f"{name.rstrip('/').split('/')[-1]}-SAMI")
+        self._base_model_id = None
         if isinstance(model, str):
-            from cmikit.harness.models import load_model
+            from transformers import set_seed
 
-            model, tokenizer = load_model(model, dtype=args.model_dtype, eval_mode=False)
+            from cmikit.harness.models import resolve_model_ref
+
+            resolved = resolve_model_ref(model)
+            if resolved.kind in ("hub", "embedded"):
+                self._base_model_id = resolved.path  # the Hub id (also of an alias), for the model card
+            set_seed(args.seed)  # a new LoRA adapter's initial weights depend on the seed (as DPOTrainer)
+            model, tokenizer = load_policy(model, args, quantization_config)
             processing_class = processing_class or tokenizer
+        elif quantization_config is not None:
+            raise SAMIInputError("quantization_config applies when the model is loaded from a string; this model is "
+                                 "already instantiated (pass its reference instead, or quantise it yourself).")
         if processing_class is None:
-            raise SAMIInputError("SAMITrainer needs processing_class (the tokenizer) when model is not a string.")
-        if peft_config is not None:
-            from peft import get_peft_model
+            from transformers import AutoTokenizer
 
-            if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+            processing_class = AutoTokenizer.from_pretrained(get_config_model_id(model.config),
+                                                             trust_remote_code=args.trust_remote_code)
+        if peft_config is not None:
+            from peft import get_peft_model, prepare_model_for_kbit_training
+
+            if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+                model = prepare_model_for_kbit_training(
+                    model, use_gradient_checkpointing=args.gradient_checkpointing)
+            elif args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
             model = get_peft_model(model, peft_config)
         if args.disable_dropout:
-            for module in model.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
-        if train_dataset is not None and len(train_dataset) == 0:
+            disable_dropout_in_model(model)
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
             raise SAMIInputError("The training dataset is empty; sample responses first (or relax the filters).")
         data_collator = data_collator or SAMIDataCollator(
             processing_class, layout=args.layout, mask_eos=args.mask_eos,
             max_completion_length=args.max_completion_length, pad_to_multiple_of=args.pad_to_multiple_of)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
-                         optimizers=optimizers)
+                         eval_dataset=eval_dataset, processing_class=processing_class,
+                         compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers)
         # compute_loss returns a per-batch mean; let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # ------------------------------------------------------------------------------------- model card
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None, output_dir: str | None = None) -> None:
+        """Write ``README.md`` with TRL's model-card generator: tags ``trl``, ``sami`` and the paper's citation.
+
+        Written by this method rather than by subclassing TRL's private ``_BaseTrainer`` (which also does this, plus
+        telemetry and loss-scaling switches this trainer does not want); the card itself is TRL's."""
+        if not self.is_world_process_zero():
+            return
+        base = getattr(self, "_base_model_id", None) or get_config_model_id(self.model.config)
+        base_model = base if base and not os.path.isdir(base) else None
+        tags = {tags} if isinstance(tags, str) else set(tags or ())
+        tags.update(self._tag_names)
+        card = generate_model_card(
+            base_model=base_model, model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
+            hub_model_id=getattr(self, "hub_model_id", None), dataset_name=dataset_name,
+            tags=sorted(tags), wandb_url=None, trackio_url=None, trainer_name=self._name,
+            trainer_citation=self._paper["citation"], paper_title=self._paper["title"], paper_id=self._paper["id"])
+        card.save(os.path.join(output_dir or self.args.output_dir, "README.md"))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:  # a user's save (not a checkpoint): the folder gets its card
+            self.create_model_card(output_dir=output_dir)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # As TRL's trainers: the run folder's card is refreshed at every checkpoint.
+        self.create_model_card(model_name=self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else None)
+        super()._save_checkpoint(model, trial)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None):
@@ -367,10 +477,16 @@ class SAMITrainer(Trainer):
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: Any = None):
+        """Loss; for ``compute_metrics`` also the [B, C, C] log-prob matrix as predictions and the diagonal as labels
+        (``label_ids[b, i] = i``: constitution i's own response is response i)."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only or self.compute_metrics is None:
+            return loss.detach(), None, None
+        matrix = outputs["logprob_matrix"].detach()
+        labels = torch.arange(matrix.shape[-1], device=matrix.device).expand(matrix.shape[:-1])
+        return loss.detach(), matrix, labels
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

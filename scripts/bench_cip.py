@@ -21,6 +21,13 @@ a time (``MISCAL_LEVELS``); per level: ECE, held-out coverage, and per criterion
 (95% CI), success rate, accuracy after 5/10/20 questions (and its paired difference to IP with a bootstrap
 interval), in-game coverage. ``--plot`` draws it; ``--replot JSON`` redraws a saved run.
 
+``--part players`` (issue 17): ``cip play``'s game (:func:`cmikit.cip.game.play_game`, table predictor with
+"none of these", N=100, alpha=0.1, 20 questions, 3 guesses) against scripted players, on the built-in KB and
+AwA2-20, seeds 0..S-1: truthful (cip-floor and IP), one mistaken answer at a random question of the
+truthful game, "u" on a random 20% of questions, and items not in the KB (each item held out in turn,
+answering from its row; then the game learns it and a replay must confirm it). Reports success rates,
+questions, guesses, how held-out games end, and how often cip-floor's question equals IP's.
+
 Run: ``.venv/bin/python scripts/bench_cip.py --part all --out runs/bench_cip.json``
 """
 
@@ -132,6 +139,160 @@ def bench_table(seeds: int, n_cal: int, alpha: float, max_queries: int, criteria
         print(f"{criterion:10s} acc {res['accuracy_at_stop']['mean']:.3f}  success {res['success_rate']['mean']:.3f}"
               f"  queries to correct singleton {res['queries_to_correct_singleton']['mean']:.2f} "
               f"CI {np.round(res['queries_to_correct_singleton']['ci95'], 2).tolist()}", flush=True)
+    return out
+
+
+class ScriptedPlayer:
+    """A player answering from an item's row of a knowledge base (``row``: question -> "Yes."/"No."), with
+    an optional mistaken answer at question ``lie_at`` and "I don't know." with probability ``p_unknown``;
+    ``name`` is the item (``confirm`` says yes to it only)."""
+
+    def __init__(self, name: str, row: dict, lie_at: int | None = None, p_unknown: float = 0.0,
+                 rng: np.random.Generator | None = None) -> None:
+        self.name, self.row, self.lie_at, self.p_unknown = name, row, lie_at, p_unknown
+        self.rng, self.n = rng or np.random.default_rng(0), 0
+        self.unknown_screens = 0
+
+    def answer(self, question: str) -> str:
+        from cmikit.cip.knowledge import NO, UNKNOWN, YES
+
+        i, self.n = self.n, self.n + 1
+        if self.p_unknown and self.rng.random() < self.p_unknown:
+            return UNKNOWN
+        truth = self.row.get(question, UNKNOWN)
+        if i == self.lie_at and truth != UNKNOWN:
+            return NO if truth == YES else YES
+        return truth
+
+    def confirm(self, guess: str) -> bool:
+        return guess == self.name
+
+
+def _players_game(kb, seed: int, criterion: str, n_cal: int, alpha: float, max_queries: int, noise: float,
+                  none_prior: float):
+    from cmikit.cip.agent import Agent, AgentConfig
+    from cmikit.cip.conformal import UniformHistorySampler, calibrate
+    from cmikit.cip.environments import TwentyQuestions
+    from cmikit.cip.predictors import OpenWorldPredictor, TablePredictor
+
+    predictor = OpenWorldPredictor(TablePredictor(kb, noise), kb, noise, none_prior)
+    th = calibrate(predictor, UniformHistorySampler.from_knowledge_base(kb), alpha, n_cal, max_queries + 1,
+                   seed=seed, min_length=0, progress=False)
+    agent = Agent(TwentyQuestions(kb), predictor, th, AgentConfig(criterion=criterion, alpha=alpha,
+                                                                   max_queries=max_queries))
+    return agent, predictor
+
+
+def _choice_stats(trace: dict) -> tuple[int, int, int]:
+    """(scored steps, steps where the chosen question is also IP's argmin, steps decided by the entropy
+    tie-break of cip-floor: several candidates share the smallest set-size term)."""
+    from cmikit.cip.criteria import FLOOR_TIE_WEIGHT
+
+    n = same = tie = 0
+    for step in trace["steps"]:
+        cands, q = step.get("candidates"), step.get("question")
+        if not cands or q is None:
+            continue
+        names = list(cands)
+        ip = np.array([cands[c]["ip"] for c in names])
+        floor = np.array([cands[c]["cip-floor"] for c in names])
+        size_term = floor - FLOOR_TIE_WEIGHT * ip
+        n += 1
+        same += int(np.isclose(ip[names.index(q)], ip.min(), atol=1e-12))
+        tie += int((size_term <= size_term.min() + 1e-9).sum() > 1)
+    return n, same, tie
+
+
+def bench_players(seeds: int, n_cal: int, alpha: float, max_queries: int, noise: float, kbs: list[str],
+                  none_prior: float = 0.1, max_guesses: int = 3, none_threshold: float = 0.9) -> dict:
+    from cmikit.cip.game import GameSettings, learn_item, play_game, teach_target
+    from cmikit.cip.knowledge import KnowledgeBase
+
+    settings = GameSettings(max_queries, max_guesses, none_threshold)
+    out: dict = {"setting": {"seeds": seeds, "n_cal": n_cal, "alpha": alpha, "max_queries": max_queries,
+                             "table_noise": noise, "none_prior": none_prior, "max_guesses": max_guesses,
+                             "none_threshold": none_threshold, "criterion": "cip-floor", "n_est": 4}}
+
+    def rows(kb):
+        return {c: {q: kb.answer(i, q) for q in kb.questions} for i, c in enumerate(kb.classes)}
+
+    for kb_name in kbs:
+        kb = KnowledgeBase.load(kb_name)
+        truth = rows(kb)
+        res: dict = {}
+        games: dict[str, list] = {"truthful": [], "truthful_ip": [], "one_mistake": [], "unknown_20": [],
+                                  "held_out": [], "held_out_replay": []}
+        choice = [0, 0, 0]
+        t0 = time.perf_counter()
+        for seed in range(seeds):
+            agents = {c: _players_game(kb, seed, c, n_cal, alpha, max_queries, noise, none_prior)
+                      for c in ("cip-floor", "ip")}
+            for i, name in enumerate(kb.classes):
+                game_seed = 1000 * seed + i
+                rng = np.random.default_rng(game_seed)
+                for label, crit in (("truthful", "cip-floor"), ("truthful_ip", "ip")):
+                    agent, pred = agents[crit]
+                    trace = play_game(agent, pred, ScriptedPlayer(name, truth[name]), settings, seed=game_seed)
+                    games[label].append(trace)
+                    if crit == "cip-floor":
+                        for j, v in enumerate(_choice_stats(trace)):
+                            choice[j] += v
+                agent, pred = agents["cip-floor"]
+                lie_at = int(rng.integers(max(1, games["truthful"][-1]["n_questions"])))
+                games["one_mistake"].append(play_game(agent, pred, ScriptedPlayer(name, truth[name], lie_at=lie_at),
+                                                      settings, seed=game_seed))
+                games["unknown_20"].append(play_game(agent, pred, ScriptedPlayer(name, truth[name], p_unknown=0.2,
+                                                                                 rng=rng), settings, seed=game_seed))
+                # held out: a KB without the item, the player answering from its row
+                small = kb.without(i)
+                agent_h, pred_h = _players_game(small, seed, "cip-floor", n_cal, alpha, max_queries, noise, none_prior)
+                trace = play_game(agent_h, pred_h, ScriptedPlayer(name, truth[name]), settings, seed=game_seed)
+                games["held_out"].append(trace)
+                if trace["outcome"] != "dont_know":
+                    continue
+                other = teach_target(trace)
+                differing = [q for q in kb.questions if truth[name][q] != truth[other][q]]
+                asked = {q for q, _ in trace["asked"]}
+                question = next((q for q in differing if q not in asked), differing[0] if differing else None)
+                learned = learn_item(small, trace, name, question, truth[name][question] if question else None, other)
+                agent_l, pred_l = _players_game(learned, seed, "cip-floor", n_cal, alpha, max_queries, noise,
+                                                none_prior)
+                games["held_out_replay"].append(play_game(agent_l, pred_l, ScriptedPlayer(name, truth[name]),
+                                                          settings, seed=game_seed))
+            print(f"  {kb_name} seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+        def summary(traces: list, name_of: list | None = None) -> dict:
+            ok = [t["outcome"] == "confirmed" for t in traces]
+            conf = [t for t in traces if t["outcome"] == "confirmed"]
+            return {"n_games": len(traces), "success": float(np.mean(ok)) if traces else float("nan"),
+                    "questions_when_confirmed": float(np.mean([t["n_questions"] for t in conf])) if conf else None,
+                    "guesses_when_confirmed": float(np.mean([len(t["guesses"]) + 1 for t in conf])) if conf else None,
+                    "within_20_questions_3_guesses": float(np.mean([t["outcome"] == "confirmed" and t["n_questions"]
+                                                                    <= 20 and len(t["guesses"]) < 3 for t in traces])),
+                    "empty_set_steps": int(sum(not s["set"] for t in traces for s in t["steps"]))}
+
+        names = [c for _ in range(seeds) for c in kb.classes]
+        for label in ("truthful", "truthful_ip", "one_mistake", "unknown_20"):
+            res[label] = summary(games[label])
+            res[label]["confirmed_wrong"] = sum(t["outcome"] == "confirmed" and t["item"] != n
+                                                for t, n in zip(games[label], names))
+        held = games["held_out"]
+        res["held_out"] = {
+            "n_games": len(held),
+            "dont_know": float(np.mean([t["outcome"] == "dont_know" for t in held])),
+            "dont_know_none_of_these": float(np.mean([t["reason"] == "none_of_these" for t in held])),
+            "dont_know_guesses_out": float(np.mean([t["reason"] == "guesses_out" for t in held])),
+            "wrong_item_confirmed": float(np.mean([t["outcome"] == "confirmed" for t in held])),
+            "wrong_guesses": float(np.mean([len(t["guesses"]) for t in held])),
+            "questions": float(np.mean([t["n_questions"] for t in held])),
+        }
+        res["held_out_replay"] = summary(games["held_out_replay"])
+        t, ip = res["truthful"]["questions_when_confirmed"], res["truthful_ip"]["questions_when_confirmed"]
+        res["truthful_questions_vs_ip"] = t / ip if t and ip else None
+        res["cip_floor_choice"] = {"scored_steps": choice[0], "equals_ip_choice": choice[1] / max(choice[0], 1),
+                                   "decided_by_entropy_tie_break": choice[2] / max(choice[0], 1)}
+        out[kb_name] = res
+        print(json.dumps({kb_name: res}, indent=1), flush=True)
     return out
 
 
@@ -264,7 +425,7 @@ def plot_miscalibration(result: dict, path: str | Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["speed", "table", "miscal", "all"], default="all")
+    parser.add_argument("--part", choices=["speed", "table", "miscal", "players", "all"], default="all")
     parser.add_argument("--kinds", nargs="+", default=list(MISCAL_LEVELS), help="miscalibration wrappers to sweep")
     parser.add_argument("--plot", default="", help="--part miscal: where to save the plot (PNG)")
     parser.add_argument("--replot", default="", help="redraw --plot from this saved --part miscal JSON and exit")
@@ -279,6 +440,7 @@ def main() -> None:
     parser.add_argument("--tie_break", default="first", choices=["first", "random"])
     parser.add_argument("--nonempty_sets", action="store_true")
     parser.add_argument("--kb", default="awa2", help="knowledge base for --part table: awa2 or everyday (built-in)")
+    parser.add_argument("--player_kbs", nargs="+", default=["everyday", "awa2"], help="knowledge bases for --part players")
     parser.add_argument("--criteria", nargs="+", default=["cip-code", "cip-paper", "ip", "random"])
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0 = torch's default); 1 keeps timings sane on an oversubscribed machine")
@@ -296,6 +458,12 @@ def main() -> None:
     if args.part in ("table", "all"):
         result["table"] = bench_table(args.seeds, args.n_cal, args.alpha, args.max_queries, args.criteria,
                                       args.est_source, args.noise, args.tie_break, args.nonempty_sets, args.kb)
+    if args.part == "players":
+        import os
+
+        result["players"] = bench_players(args.seeds, args.n_cal, args.alpha, args.max_queries, args.noise,
+                                          args.player_kbs)
+        result["players"]["load_average_1min"] = os.getloadavg()[0]
     if args.part == "miscal":
         result["miscalibration"] = bench_miscalibration(args.seeds, args.n_cal, args.alpha, args.max_queries,
                                                         args.criteria, args.est_source, args.kinds)

@@ -19,6 +19,13 @@ long and responses short, as in the paper's TL;DR setting.
 
     python scripts/bench_sami.py --lora                # embedded SmolLM2-135M + LoRA, CPU
     python scripts/bench_sami.py --model mistral-7b --bf16   # on a GPU
+
+``--part memory`` measures instead the peak memory of the per-token log-probs alone (forward and backward) on
+a [8, 256, 49152] bf16 logits tensor (SmolLM2's vocabulary), before (this project's former implementation: an
+fp32 copy of the whole tensor, then logsumexp) and now (TRL's ``selective_log_softmax`` through
+``cmikit.sami.loss.token_logprobs``), each in its own subprocess, in the same run:
+
+    python scripts/bench_sami.py --part memory        # CPU: peak RSS (VmHWM reset first); CUDA: max allocated
 """
 
 from __future__ import annotations
@@ -144,8 +151,94 @@ def worker(args: argparse.Namespace) -> dict:
             "memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "CPU peak RSS increase"}
 
 
+def old_token_logprobs(logits, labels):
+    """The implementation before TRL's (kept here only as the benchmark's baseline): fp32 copy of all logits."""
+    import torch
+
+    logits = logits.float()
+    picked = torch.gather(logits, -1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _vm(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def memory_worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    from cmikit.sami.loss import token_logprobs
+
+    fn = old_token_logprobs if args.memory_worker == "before" else token_logprobs
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    shape = tuple(args.logits_shape)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    logits = (torch.randn(shape, generator=gen) * 4).to(device=device, dtype=torch.bfloat16).requires_grad_(True)
+    labels = torch.randint(0, shape[-1], shape[:-1], generator=gen).to(device)
+    out = {}
+
+    def reset() -> int:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated()
+        with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM (peak RSS) to the current RSS
+            f.write("5")
+        return _vm("VmRSS")
+
+    def peak() -> int:
+        if cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return _vm("VmHWM")
+
+    fn(logits[:1, :8], labels[:1, :8]).sum().backward()  # warm-up (kernels, allocator), not measured
+    logits.grad = None
+    base = reset()
+    lp = fn(logits, labels)
+    out["forward_bytes"] = peak() - base
+    lp.sum().backward()
+    out["forward_backward_bytes"] = peak() - base
+    out["token_logprobs"] = lp.detach().float().cpu().flatten().tolist()
+    out["memory_kind"] = "cuda max_memory_allocated" if cuda else "CPU peak RSS (VmHWM) above the start"
+    out["device"] = torch.cuda.get_device_name(0) if cuda else "cpu"
+    return out
+
+
+def memory_main(args: argparse.Namespace) -> None:
+    results = {}
+    for variant in ("before", "after"):
+        cmd = [sys.executable, __file__, "--part", "memory", "--memory_worker", variant,
+               "--logits_shape", *map(str, args.logits_shape)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{variant} run failed (exit code {proc.returncode}):\n{proc.stderr[-3000:]}")
+        results[variant] = json.loads(line[len("RESULT "):])
+    lp_b, lp_a = results["before"].pop("token_logprobs"), results["after"].pop("token_logprobs")
+    diff = max(abs(x - y) for x, y in zip(lp_b, lp_a))
+    summary = {"logits_shape": args.logits_shape, "dtype": "bfloat16", **{
+        f"{v}_{k}_mib": round(results[v][k] / 2**20, 1) for v in ("before", "after")
+        for k in ("forward_bytes", "forward_backward_bytes")}}
+    summary["ratio_forward"] = round(results["after"]["forward_bytes"] / max(results["before"]["forward_bytes"], 1), 3)
+    summary["ratio_forward_backward"] = round(
+        results["after"]["forward_backward_bytes"] / max(results["before"]["forward_backward_bytes"], 1), 3)
+    summary["max_abs_token_logprob_diff"] = diff
+    summary["memory_kind"] = results["after"]["memory_kind"]
+    summary["device"] = results["after"]["device"]
+    print(json.dumps(summary, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--part", choices=["train", "memory"], default="train",
+                   help="train: training-step throughput and memory (default); memory: the log-prob step alone")
+    p.add_argument("--logits_shape", type=int, nargs=3, default=[8, 256, 49152], help="--part memory: [N, T, V]")
+    p.add_argument("--memory_worker", choices=["before", "after"], help=argparse.SUPPRESS)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--queries", type=int, default=16, help="rows of real TL;DR data")
     p.add_argument("--batch_size", type=int, default=4, help="queries per optimiser step")
@@ -160,6 +253,14 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_sami.json"))
     p.add_argument("--worker", choices=["straightforward", "sami"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.part == "memory":
+        if args.memory_worker:
+            print("RESULT " + json.dumps(memory_worker(args)))
+            return
+        if args.out == str(ROOT / "runs" / "bench_sami.json"):
+            args.out = str(ROOT / "runs" / "bench_sami_memory.json")
+        memory_main(args)
+        return
     if args.worker:
         print("RESULT " + json.dumps(worker(args)))
         return

@@ -6,11 +6,25 @@
 #   3. decoding throughput on the GPU: tokens/s with no KV cache, prefix and dual cache (cmikit.decoding.bench.gpu_throughput);
 #   4. SAMI under FSDP: `accelerate launch` with configs/accelerate/fsdp-8gpu.yaml on min(2, #GPUs) GPUs, one
 #      iteration of 2 full-weight steps, fp32; the per-step loss must equal a single-process run with the same
-#      global batch (<= 1e-4) and every query must be sampled and evaluated exactly once.
+#      global batch (<= 1e-4) and every query must be sampled and evaluated exactly once;
+#   5. LLaDA-8B- and Dream-7B-shaped native models (LlamaForCausalLM / Qwen2ForCausalLM made bidirectional,
+#      random weights, no download): tokens/s with no / prefix / dual cache at gen_length 256, bf16, batch 1 and 8
+#      (cmikit.decoding.bench_native; runs/gpu_check_native.json);
+#   6. one SAMI round (scripts/sami.py, TRL's script shape) under TRL's own accelerate configs fsdp2 and zero3
+#      (trl/accelerate_configs/), 2 steps in bf16 with LoRA off, on min(2, #GPUs) GPUs; each must save a model;
+#   7. peak memory of the per-token log-probs on [8, 256, 49152] bf16 logits on the GPU, before vs after TRL's
+#      selective_log_softmax (scripts/bench_sami.py --part memory).
 # Usage: bash scripts/gpu_check.sh [model-ref]   (default: the embedded smollm2-135m-instruct)
-# Writes runs/gpu_check.json and runs/gpu_check_fsdp.json. Installs the vllm extra into .venv if missing.
+#        bash scripts/gpu_check.sh --dry-run     (CPU, no GPU needed: part 5 on tiny shapes, fp32, in seconds)
+# Writes runs/gpu_check.json, runs/gpu_check_fsdp.json, runs/gpu_check_native.json, runs/gpu_check_round/ and
+# runs/bench_sami_memory.json. Installs the vllm extra (and deepspeed, for zero3) into .venv if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--dry-run" ]; then
+    [ -x .venv/bin/python ] || make setup >/dev/null
+    .venv/bin/python -m cmikit.decoding.bench_native --dry-run --out runs/gpu_check_native_dry.json
+    exit 0
+fi
 MODEL="${1:-smollm2-135m-instruct}"
 make setup TORCH_SPEC="${TORCH_SPEC:-torch}" >/dev/null
 PY=.venv/bin/python
@@ -53,6 +67,9 @@ result["decoding"] = gpu_throughput(model)
 print(json.dumps(result, indent=2))
 json.dump(result, open("runs/gpu_check.json", "w"), indent=2)
 PYEOF
+
+# ---- 5. LLaDA-8B- / Dream-7B-shaped native models: no / prefix / dual cache, gen 256, bf16, batch 1 and 8 -----
+$PY -m cmikit.decoding.bench_native --out runs/gpu_check_native.json
 
 # ---- 4. SAMI expert iteration under FSDP vs one process, same global batch ----------------------------------
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
@@ -102,3 +119,19 @@ json.dump(out, open("runs/gpu_check_fsdp.json", "w"), indent=2)
 assert sorted(fs) == sorted(single) and out["max_loss_diff"] <= 1e-4, out
 assert out["samples_ids_unique_and_complete"] and out["eval_ids_unique_and_complete"], out
 PYEOF
+
+# ---- 6. one SAMI round (scripts/sami.py) under TRL's fsdp2 and zero3 accelerate configs -----------------------
+$PY -c "import deepspeed" 2>/dev/null || $PY -m pip install --quiet deepspeed
+TRL_CONFIGS=$($PY -c "import pathlib, trl; print(pathlib.Path(trl.__file__).parent / 'accelerate_configs')")
+rm -rf runs/gpu_check_round
+for CFG in fsdp2 zero3; do
+    .venv/bin/accelerate launch --config_file "$TRL_CONFIGS/$CFG.yaml" --num_processes "$NPROC" \
+        scripts/sami.py --config configs/sami/smollm2-round.yaml --model_name_or_path "$MODEL" \
+        --use_peft false --bf16 true --max_steps 2 --per_device_train_batch_size 1 \
+        --output_dir "runs/gpu_check_round/$CFG"
+    test -f "runs/gpu_check_round/$CFG/config.json" && test -f "runs/gpu_check_round/$CFG/README.md"
+    echo "scripts/sami.py under $CFG: saved runs/gpu_check_round/$CFG"
+done
+
+# ---- 7. peak memory of the log-prob step on the GPU: before vs TRL's selective_log_softmax -----------------------
+$PY scripts/bench_sami.py --part memory

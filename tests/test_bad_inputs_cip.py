@@ -87,7 +87,7 @@ CASES = [
     ("thresholds-other-labels", ["eval", "--kb", "{dir}/other_kb.json", "--thresholds", "{th3}", "--max_queries", "3"],
      "another label set"),
     ("thresholds-other-predictor", ["eval", "--thresholds", "{th3}", "--max_queries", "3", "--table_noise", "0.1"],
-     "table(noise=0.05)"),
+     "predictor.noise is 0.05 there and 0.1 here"),
     ("thresholds-missing", ["eval", "--thresholds", "{dir}/none.json"], "none.json"),
     ("mediq-malformed-row", ["eval", "--task", "mediq", "--mediq_dir", "{dir}/mediq"], "split0_test.csv:3"),
     ("mediq-missing-split", ["eval", "--task", "mediq", "--mediq_dir", "{dir}/mediq", "--split", "1"],
@@ -118,10 +118,10 @@ def test_mediq_jsonl_line_numbers(files):
     from cmikit.cip.environments import load_mediq_jsonl
     from cmikit.harness.errors import DataFileError
 
-    with pytest.raises(DataFileError, match=r"bad\.jsonl:1: MediQ row is missing"):
+    with pytest.raises(DataFileError, match=r"bad\.jsonl:1: not a MediQ case.*the key 'question' is required"):
         load_mediq_jsonl(files["dir"] / "bad.jsonl")
     (files["dir"] / "bad2.jsonl").write_text("\n" + '{"id": 2,\n')
-    with pytest.raises(DataFileError, match=r"bad2\.jsonl:2: not a JSON object"):
+    with pytest.raises(DataFileError, match=r"bad2\.jsonl:2: not valid JSON"):
         load_mediq_jsonl(files["dir"] / "bad2.jsonl")
 
 

@@ -31,7 +31,10 @@ class Person(io.StringIO):
             raise KeyboardInterrupt
         if self.quit_after is not None and self.n_answers >= self.quit_after:
             return "q\n"
-        question = self.out.getvalue().rsplit("\n", 1)[-1].split(": ", 1)[1].rsplit(" [", 1)[0]
+        prompt = self.out.getvalue().rsplit("\n", 1)[-1]
+        if prompt.startswith("Is it a"):  # a guess is a question
+            return ("y" if prompt.split(" ", 3)[3].rsplit("? [", 1)[0] == self.kb.classes[self.label] else "n") + "\n"
+        question = prompt.split(": ", 1)[1].rsplit(" [", 1)[0]
         self.n_answers += 1
         return ("y" if self.kb.answer(self.label, question) == "Yes." else "n") + "\n"
 
@@ -51,15 +54,15 @@ def test_play_with_scripted_answers_guesses_the_item_and_reprompts_on_bad_input(
     assert rc == 0
     assert text.count("is not allowed; answer y (yes), n (no) or u (unknown)") == 2
     assert "conformal set" in text and "top:" in text
-    assert "My answer: umbrella" in text
+    assert "Is it an umbrella? [y/n]" in text and "Got it: umbrella" in text
     saved = json.loads(transcript.read_text())
-    assert saved["prediction"] == "umbrella" and saved["stop_reason"] == "singleton"
+    assert saved["prediction"] == "umbrella" and saved["outcome"] == "confirmed"
     assert len(saved["turns"]) == person.n_answers
     assert "Calibrating conformal thresholds" in text
     # the next game reuses the calibration cached in $CMIKIT_CACHE
     out2 = io.StringIO()
     assert play([*TABLE, "--transcript", str(transcript)], stdin=Person(kb, "horse", out2), stdout=out2) == 0
-    assert "Loading cached conformal thresholds" in out2.getvalue() and "My answer: horse" in out2.getvalue()
+    assert "Loading cached conformal thresholds" in out2.getvalue() and "Got it: horse" in out2.getvalue()
 
 
 def test_ctrl_c_saves_the_transcript(tmp_path):

@@ -41,6 +41,9 @@ class Player(io.StringIO):
     def readline(self, *args) -> str:
         if self.eof_after is not None and self.n >= self.eof_after:
             return ""  # Ctrl-D
+        prompt = self.out.getvalue().rsplit("\n", 1)[-1]
+        if prompt.startswith("Is it a"):  # a guess is a question
+            return ("y" if prompt.split(" ", 3)[3].rsplit("? [", 1)[0] == self.kb.classes[self.label] else "n") + "\n"
         question = self.out.getvalue().rsplit("\n", 1)[-1].split(": ", 1)[1].rsplit(" [", 1)[0]
         self.n += 1
         return ("y" if self.kb.answer(self.label, question) == "Yes." else "n") + "\n"
@@ -53,13 +56,13 @@ def test_play_finds_the_item_within_the_limit_and_never_answers_with_an_empty_se
     player = Player(kb, item, out)
     assert play(["--transcript", str(tmp_path / "t.json"), "--progress", "false"], stdin=player, stdout=out) == 0
     text = out.getvalue()
-    assert f"My answer: {item} (the conformal set holds only it" in text
+    assert f" {item}? [y/n]" in text and f"Got it: {item}" in text
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["criterion"] == DEFAULT_CRITERION and saved["predictor"].startswith("table")
     assert saved["prediction"] == item and len(saved["turns"]) <= 20
     assert "prediction set (0)" not in text and "prediction set: )" not in text
     for step in saved["steps"]:  # the screen names k, the leading candidates with probabilities and the set
-        assert f"[k={step['k']}] top: " in text
+        assert f"[k={step['k']}, {step['n_asked']} asked] top: " in text
     assert "conformal set (90%): " in text
 
 
@@ -133,13 +136,15 @@ def test_thresholds_for_fewer_questions_are_refused(tmp_path):
     from cmikit.cip.evaluate import CIPConfig, preflight
 
     cfg = CIPConfig(predictor="table", n_cal=20, max_queries=5, thresholds=str(th_dir))
-    with pytest.raises(ThresholdsError, match="up to 4 questions but --max_queries 5") as err:
+    with pytest.raises(ThresholdsError, match=r"up to 3 questions \(--max_queries 3\) but this run asks up to 5") as err:
         preflight(cfg)
     assert "cip calibrate" in str(err.value) and isinstance(err.value, CmikitError)
     cfg4 = CIPConfig(predictor="table", n_cal=20, max_queries=4, thresholds=str(th_dir / "thresholds.json"))
-    preflight(cfg4)  # calibrated up to k = 4 (max_queries + 1): fits
+    with pytest.raises(ThresholdsError, match="up to 3 questions"):  # the calibrated budget, exactly
+        preflight(cfg4)
+    preflight(CIPConfig(predictor="table", n_cal=20, max_queries=3, thresholds=str(th_dir / "thresholds.json")))
     other = CIPConfig(predictor="table", n_cal=20, max_queries=3, thresholds=str(th_dir), table_noise=0.1)
-    with pytest.raises(ThresholdsError, match="predictor 'table\\(noise=0.05\\)'"):
+    with pytest.raises(ThresholdsError, match="predictor.noise is 0.05 there and 0.1 here"):
         preflight(other)
 
 
@@ -163,4 +168,4 @@ def test_play_on_awa2_with_a_kb_file(tmp_path, shared_data):
     args = ["--kb", str(path), "--noun", "animal", "--transcript", str(tmp_path / "t.json"), "--progress", "false"]
     assert play(args, stdin=Player(kb, "zebra", out), stdout=out) == 0
     text = out.getvalue()
-    assert "Think of one of these 20 animals" in text and "My answer: zebra" in text
+    assert "Think of one of these 20 animals" in text and "Got it: zebra" in text

@@ -15,7 +15,7 @@ from cmikit.decoding.bench import (
     plot,
     spare_special_token_id,
 )
-from cmikit.decoding.cli import build_parser, main
+from cmikit.decoding.cli import main, parse_bench, parse_generate
 from cmikit.decoding.config import DiffusionGenerationConfig
 from cmikit.decoding.tiny_task import CopyOneTask
 from cmikit.harness.testing import tiny_tokenizer
@@ -69,14 +69,15 @@ def test_spare_special_token_comes_from_the_tokenizer():
     assert spare_special_token_id(tok) == tok.mask_token_id
 
 
-def test_cli_help_and_parser():
+def test_cli_help_and_parser(capsys):
+    assert main(["--help"]) == 0 and "generate" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
-    args = build_parser().parse_args(["generate", "--prompt", "1+1=", "--strategy", "ccd", "--seek-mode", "false",
-                                      "--ccd-entropy-threshold", "none"])
-    assert args.strategy == "ccd" and args.seek_mode is False and args.ccd_entropy_threshold is None
-    assert build_parser().parse_args(["bench", "--quick"]).quick
+        main(["generate", "--help"])
+    assert exc.value.code == 0 and "--gen-length" in capsys.readouterr().out
+    opts, config = parse_generate(["--model", "some/model", "--prompt", "1+1=", "--strategy", "ccd", "--seek-mode",
+                                   "false", "--ccd-entropy-threshold", "none"])
+    assert config.strategy == "ccd" and config.seek_mode is False and config.ccd_entropy_threshold is None
+    assert parse_bench(["--quick"])[0].quick
 
 
 def test_cli_generate_with_a_checkpoint_folder(tmp_path, capsys):

@@ -29,7 +29,7 @@ def test_console_script_help(name, capsys):
     assert "usage" in out.lower() and len(out.splitlines()) > 3
 
 
-@pytest.mark.parametrize("package", ["harness", "sami", "cip", "decoding"])
+@pytest.mark.parametrize("package", ["cmikit.harness", "cmikit.sami", "cmikit.cip", "cmikit.decoding"])
 def test_packages_say_what_they_are_for(package):
     doc = importlib.import_module(package).__doc__ or ""
     assert len(doc.split()) > 15 and "placeholder" not in doc

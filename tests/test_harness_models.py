@@ -44,11 +44,14 @@ def test_missing_paths(tmp_path):
 
 
 def test_remote_code_model_needs_flag(tmp_path):
-    with pytest.raises(ModelLoadError, match="trust_remote_code=True"):
-        load_model("llada-8b-instruct")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "mystery", "auto_map": {"AutoModel": "modeling_mystery.MysteryModel"}}))
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load_model(str(tmp_path))
+    # a released LLaDA / Dream folder loads natively instead (tests/test_native_dlm.py); an incomplete one says so
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "llada", "auto_map": {"AutoModel": "modeling_llada.LLaDAModelLM"}}))
-    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+    with pytest.raises(ModelLoadError, match="lacks d_model"):
         load_model(str(tmp_path))
 
 

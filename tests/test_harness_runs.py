@@ -22,7 +22,7 @@ from cmikit.harness.runs import RUN_FILE, file_digest, model_identity, open_run,
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"max_queries": 3, "methods": ["cip", "ip"], "seed": 0, "progress": True, "out_dir": "x", "batch_size": 8}
-IGNORE = ("progress", "out_dir", "batch_size")
+KEYS = ("max_queries", "methods", "seed")  # the allowlist: progress, out_dir, batch_size do not change results
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -30,14 +30,14 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _open(out: Path, config=None, **kwargs):
-    return open_run(out, "demo", CONFIG if config is None else config, ignore=IGNORE, **kwargs)
+    return open_run(out, "demo", CONFIG if config is None else config, keys=kwargs.pop("keys", KEYS), **kwargs)
 
 
 def _finished_run(out: Path, config=None, **kwargs) -> None:
     with _open(out, config, **kwargs) as run:
         run.path("records.jsonl").write_text('{"game": 1}\n')
-        (out / "games").mkdir(exist_ok=True)
-        (out / "games" / "g1.json").write_text("{}")
+        (out / "thresholds").mkdir(exist_ok=True)
+        (out / "thresholds" / "seed0.json").write_text("{}")
 
 
 def test_new_run_writes_run_json_and_resume_sets_resumed(tmp_path):
@@ -79,20 +79,50 @@ def test_ignored_keys_do_not_count(tmp_path):
     assert read_run(out)["config"]["batch_size"] == 64  # the config records what this run used
 
 
-def test_a_new_setting_absent_before_is_a_difference(tmp_path):
+def test_a_new_listed_setting_absent_before_is_a_difference(tmp_path):
     out = tmp_path / "run"
     _finished_run(out)
     with pytest.raises(RunConflictError, match=r"settings.temperature: \(absent\) -> 0.7"):
-        with _open(out, dict(CONFIG, temperature=0.7)):
+        with _open(out, dict(CONFIG, temperature=0.7), keys=(*KEYS, "temperature")):
+            pass
+
+
+def test_a_new_unlisted_setting_does_not_count(tmp_path):
+    """Run identity is an allowlist: a key nobody listed (say a field a newer library adds) resumes."""
+    out = tmp_path / "run"
+    _finished_run(out)
+    with _open(out, dict(CONFIG, brand_new_option=1)) as run:
+        assert run.resumed
+    assert read_run(out)["config"]["brand_new_option"] == 1
+
+
+def test_package_version_is_recorded_but_an_upgrade_alone_resumes(tmp_path, monkeypatch):
+    import cmikit.harness.runs as runs
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(runs, "package_version", lambda: "0.1.0")
+    _finished_run(out)
+    first = read_run(out)
+    assert first["package"] == "0.1.0" and "package" not in first["identity"]
+    monkeypatch.setattr(runs, "package_version", lambda: "9.9.9")
+    with _open(out) as run:
+        assert run.resumed
+    again = read_run(out)
+    assert again["package"] == "9.9.9" and again["created_by_package"] == "0.1.0"
+    assert again["fingerprint"] == first["fingerprint"]
+    with pytest.raises(RunConflictError, match="settings.seed: 0 -> 1"):  # a listed setting still refuses
+        with _open(out, dict(CONFIG, seed=1)):
             pass
 
 
 def test_overwrite_empties_a_run_folder_and_starts_over(tmp_path):
     out = tmp_path / "run"
     _finished_run(out)
+    (out / "notes.txt").write_text("mine")  # a user's own file: --overwrite deletes only what cmikit writes
     with _open(out, dict(CONFIG, max_queries=5), overwrite=True) as run:
         assert not run.resumed
-        assert sorted(p.name for p in out.iterdir()) == [".lock", RUN_FILE]
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt", RUN_FILE]
+        assert (out / "notes.txt").read_text() == "mine"
     assert read_run(out)["config"]["max_queries"] == 5
 
 
@@ -126,15 +156,22 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path):
     assert target.read_text() == "x"
 
 
-def test_unreadable_run_json_is_refused_unless_overwrite(tmp_path):
+@pytest.mark.parametrize("text", ["{ not json", "[]", '{"kind": "demo", "fingerprint": "x"}'])
+def test_unreadable_run_json_is_refused_with_how_to_recover_even_with_overwrite(tmp_path, text):
     out = tmp_path / "run"
     _finished_run(out)
-    (out / RUN_FILE).write_text("{ not json")
-    with pytest.raises(RunConflictError, match="unreadable.*--overwrite"):
-        with _open(out):
-            pass
-    with _open(out, overwrite=True) as run:
+    (out / RUN_FILE).write_text(text)
+    before = _snapshot(out)
+    for overwrite in (False, True):  # an unreadable run.json cannot vouch that the folder is a cmikit run
+        with pytest.raises(RunConflictError, match=r"run.json.*mv .*run .*run.bad") as err:
+            with _open(out, overwrite=overwrite):
+                pass
+        assert "\n" not in str(err.value)
+        assert _snapshot(out) == before
+    os.replace(out, tmp_path / "run.bad")  # the recovery the message names
+    with _open(out) as run:
         assert not run.resumed
+    assert _snapshot(tmp_path / "run.bad") == before  # nothing the user had is deleted
 
 
 def test_changed_data_file_is_refused(tmp_path):
@@ -217,7 +254,7 @@ def test_second_opener_in_the_same_process_is_refused(tmp_path):
 _HOLDER = textwrap.dedent("""
     import sys, time
     from cmikit.harness.runs import open_run
-    with open_run({out!r}, "demo", {config!r}, ignore={ignore!r}) as run:
+    with open_run({out!r}, "demo", {config!r}, keys={keys!r}) as run:
         print("locked", flush=True)
         time.sleep(120)
 """)
@@ -225,7 +262,7 @@ _HOLDER = textwrap.dedent("""
 
 def test_lock_refuses_another_process_and_is_released_by_kill_9(tmp_path):
     out = tmp_path / "run"
-    code = _HOLDER.format(root=str(ROOT), out=str(out), config=CONFIG, ignore=IGNORE)
+    code = _HOLDER.format(root=str(ROOT), out=str(out), config=CONFIG, keys=KEYS)
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -173,3 +173,26 @@ def test_two_processes_split_queries_train_data_parallel_and_resume_after_kill(s
     for step in (1, 2):
         assert abs(l2[step] - l1[step]) <= 1e-5, (step, l2[step], l1[step])
     assert abs(l1[2] - l1[1]) > 1e-4  # the weights moved between the steps: step 2 compares trained models
+
+
+def test_scripts_sami_round_on_two_processes_with_trls_multi_gpu_config(tmp_path):
+    """One SAMI round (scripts/sami.py, TRL's script shape) under TRL's own multi_gpu accelerate config, two
+    gloo processes, embedded model: both processes train (one RNG state per process in the checkpoint), the
+    adapter and model card are saved. One step, one row per process: kept as cheap as a launch can be."""
+    import trl
+
+    config = Path(trl.__file__).parent / "accelerate_configs" / "multi_gpu.yaml"
+    out = tmp_path / "round"
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(config), "--num_processes", "2", "--mixed_precision", "no",
+           "--main_process_port", str(_free_port()), str(ROOT / "scripts" / "sami.py"),
+           "--config", str(ROOT / "configs" / "sami" / "smollm2-round.yaml"), "--output_dir", str(out),
+           "--max_steps", "1", "--per_device_train_batch_size", "1", "--use_cpu", "true", "--disable_tqdm", "true",
+           "--lora_target_modules", "q_proj", "v_proj", "--save_strategy", "steps", "--save_steps", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = out / "checkpoint-1"
+    assert sorted(p.name for p in ckpt.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and "mi_bound" in state["log_history"][0]
+    assert (out / "adapter_model.safetensors").is_file()
+    assert "- sami" in (out / "README.md").read_text()

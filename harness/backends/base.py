@@ -56,6 +56,10 @@ class SamplingParams:
 
 def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     """Turn a prompt (text or chat messages) into the exact text the model sees."""
+    # Same rule as trl's ``apply_chat_template`` for a prompt (generation prompt after a user turn; an assistant
+    # prefill, e.g. the judge's "Final answer:", left open with ``continue_final_message``), kept as our own
+    # because TRL's takes a dataset row ({"prompt": ...}) and returns a dict, while every backend renders one
+    # message list, and a tokenizer without a chat template gets a BackendError naming the fix here.
     if isinstance(prompt, str):
         return prompt
     messages = list(prompt)
