@@ -193,7 +193,7 @@ def cache_report(quick: bool = False, model_ref: str = "smollm2-135m-instruct", 
     for arm in ACCURACY_ARMS:  # the copy task's low_confidence accuracy, as before, and every task below
         copy = accuracy["tasks"]["copy-one-of-two"]["arms"].get(arm)
         if copy is not None:
-            report.setdefault(arm, {})["accuracy"] = copy["low_confidence"]["accuracy"]
+            report.setdefault(arm, {})["accuracy"] = copy.get("low_confidence", {}).get("accuracy")
             report[arm]["accuracy_by_strategy"] = copy
     report["accuracy_by_task"] = accuracy["tasks"]
     report["speed_setting"] = speed["setting"]
