@@ -79,6 +79,9 @@ class DiffusionModelAdapter:
     pad_token_id: int | None = None
     max_context: int | None = None
     kind: str = "custom"
+    #: Block-diffusion models (``config.bd_size``): attention causal between blocks of this many tokens and
+    #: bidirectional inside one (:mod:`cmikit.decoding.block_diffusion`); 0 = bidirectional everywhere.
+    bd_size: int = 0
 
     @property
     def float_dtype(self) -> torch.dtype:
@@ -102,13 +105,24 @@ class DiffusionModelAdapter:
                 f"({self.kind}); shorten the prompt or lower gen_length."
             )
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **model_kwargs) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, prompt_length: int | None = None,
+               **model_kwargs) -> torch.Tensor:
         """Logits aligned so that ``logits[:, i]`` predicts ``input_ids[:, i]`` (shift applied here).
 
+        ``prompt_length`` places the blocks of a block-diffusion model (required for one, ignored otherwise).
         ``model_kwargs`` go to the model as they are (the KV cache passes its cache object this way)."""
         padded = attention_mask is not None and bool((attention_mask == 0).any())
         kwargs = dict(model_kwargs)
-        if self.attention == "2d":
+        if self.bd_size:
+            from cmikit.decoding.block_diffusion import canvas_mask
+            from cmikit.harness.testing import padded_position_ids
+
+            if prompt_length is None:
+                raise ConfigError("a block-diffusion model needs prompt_length to place its blocks")
+            mask2d = attention_mask if padded else None
+            kwargs["attention_mask"] = canvas_mask(input_ids, mask2d, prompt_length, self.bd_size, self.float_dtype)
+            kwargs["position_ids"] = padded_position_ids(mask2d, input_ids)
+        elif self.attention == "2d":
             if padded:
                 kwargs["attention_mask"] = attention_mask
         elif self.attention == "4d":
@@ -173,8 +187,14 @@ class DiffusionModelAdapter:
                 "so keys and values cannot be reused; use cache='none'."
             )
 
-    def new_cache(self, mode: str) -> BlockKVCache:
+    def new_cache(self, mode: str, prompt_length: int | None = None):
+        """The cache of one decoding call: :class:`BlockKVCache` (approximate), or for a block-diffusion model the
+        exact :class:`~cmikit.decoding.block_diffusion.BlockDiffusionCache` (needs ``prompt_length``)."""
         self.check_cache(mode)
+        if self.bd_size:
+            from cmikit.decoding.block_diffusion import BlockDiffusionCache
+
+            return BlockDiffusionCache(self, mode, prompt_length)
         return BlockKVCache(self, mode)
 
 
@@ -195,6 +215,8 @@ def _kv_store_class():
                 self.frozen[layer_idx] = (key_states, value_states)
                 return key_states, value_states
             keys, values = self.frozen[layer_idx]
+            if getattr(self, "fresh", None) is not None:  # a window shift keeps the window's own keys/values
+                self.fresh[layer_idx] = (key_states, value_states)
             return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
 
         def keep(self, index: torch.Tensor) -> None:
@@ -222,6 +244,8 @@ class BlockKVCache:
     logits. Keys carry their rotary position already, so the frozen positions keep their order-free meaning;
     padding keys stay hidden through the 4D mask.
     """
+
+    exact = False
 
     def __init__(self, adapter: DiffusionModelAdapter, mode: str) -> None:
         self.adapter = adapter
@@ -258,16 +282,139 @@ class BlockKVCache:
         self.window, self.block = (start, end), (lo, hi)
         return logits
 
-    def block_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Aligned logits ``[B, hi - lo, V]`` of the block from a forward over the window only."""
+    def step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int,
+             refresh: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """One decoding step: ``(block logits [B, hi - lo, V], positions run)``.
+
+        ``refresh`` is ``True`` (a full forward that refreshes every row), ``False`` (no refresh) or a ``[B]``
+        bool tensor: the rows it marks refresh (a full forward over those rows only, their keys/values
+        replaced), the others do not; positions run are then per row (``[B]``). Without a refresh a step runs
+        the window against the frozen keys/values; on the first step of a new block it runs the previous
+        window and the new one together and freezes the finished block's keys/values from that pass (a *window
+        shift*, the delayed caching of dKV-Cache / Fast-dLLM v2: no full forward at the block boundary)."""
+        length = input_ids.shape[1]
+        if self.store is None:
+            refresh = True
+        if isinstance(refresh, torch.Tensor):
+            if bool(refresh.all()):
+                refresh = True
+            elif not bool(refresh.any()):
+                refresh = False
+        if refresh is True:
+            return self.refresh(input_ids, attention_mask, lo, hi)[:, lo:hi], length
+        new_block = (lo, hi) != self.block
+        if refresh is False:
+            if new_block:
+                logits, run, state = self._shift(input_ids, attention_mask, lo, hi, None)
+                self._install(state)
+                return logits, run
+            return self.block_logits(input_ids), self.window_length(lo, hi, length)
+        stay = (~refresh).nonzero(as_tuple=True)[0]
+        renew = refresh.nonzero(as_tuple=True)[0]
+        if new_block:
+            kept, stay_run, state = self._shift(input_ids, attention_mask, lo, hi, stay)
+        else:
+            kept, stay_run = self.block_logits(input_ids, rows=stay), self.window_length(lo, hi, length)
+            state = None
+        fresh_cache = BlockKVCache(self.adapter, self.mode)
+        fresh = fresh_cache.refresh(input_ids[renew], None if attention_mask is None else attention_mask[renew],
+                                    lo, hi)[:, lo:hi]
+        if state is not None:  # the shifted rows' new state first, in the whole batch's tensors
+            merged = {i: (self.store.frozen[i][0].new_empty((input_ids.shape[0], *k.shape[1:])),
+                          self.store.frozen[i][1].new_empty((input_ids.shape[0], *v.shape[1:])))
+                      for i, (k, v) in state["frozen"].items()}
+            for i, (k, v) in state["frozen"].items():
+                merged[i][0][stay], merged[i][1][stay] = k, v
+            key_valid = state["key_valid"].new_empty((input_ids.shape[0], state["key_valid"].shape[1]))
+            key_valid[stay] = state["key_valid"]
+            positions = state["positions"].new_empty((input_ids.shape[0], state["positions"].shape[1]))
+            positions[stay] = state["positions"]
+            self._install({"frozen": merged, "key_valid": key_valid, "positions": positions,
+                           "window": state["window"], "block": state["block"]})
+        for layer, (k, v) in fresh_cache.store.frozen.items():
+            old_k, old_v = self.store.frozen[layer]
+            self.store.frozen[layer] = (old_k.index_copy(0, renew, k), old_v.index_copy(0, renew, v))
+        self.key_valid = self.key_valid.index_copy(0, renew, fresh_cache.key_valid)
+        self.positions = self.positions.index_copy(0, renew, fresh_cache.positions)
+        logits = fresh.new_empty((input_ids.shape[0], *fresh.shape[1:]))
+        logits[stay], logits[renew] = kept.to(fresh.dtype), fresh
+        run = torch.where(refresh, length, stay_run).to(input_ids.device)
+        return logits, run
+
+    def _shift(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int,
+               rows: torch.Tensor | None) -> tuple[torch.Tensor, int, dict]:
+        """The first pass of a new block without a refresh: queries over the old and the new window together,
+        keys = the frozen positions outside them + those queries. Returns the block's aligned logits, the
+        positions run and the new state (the old window's fresh keys/values frozen, the new window's dropped)."""
+        from cmikit.harness.testing import padded_position_ids
+
+        length = input_ids.shape[1]
+        device = input_ids.device
+        old_start, old_end = self.window
+        start, end = self._window_for(lo, hi, length)
+        q_lo, q_hi = min(old_start, start), max(old_end, end)
+        everything = torch.arange(length, device=device)
+        old_frozen = torch.cat([everything[:old_start], everything[old_end:]])
+        outside = ((old_frozen < q_lo) | (old_frozen >= q_hi)).nonzero(as_tuple=True)[0]
+        padded = attention_mask is not None and bool((attention_mask == 0).any())
+        keys_all = torch.ones(input_ids.shape, dtype=torch.bool, device=device) if attention_mask is None \
+            else attention_mask.to(torch.bool)
+        positions_all = padded_position_ids(attention_mask if padded else None, input_ids)
+        frozen = self.store.frozen
+        if rows is not None:
+            input_ids, keys_all, positions_all = input_ids[rows], keys_all[rows], positions_all[rows]
+            frozen = {i: (k[rows], v[rows]) for i, (k, v) in frozen.items()}
+        store = _kv_store_class()()
+        store.frozen = {i: (k.index_select(-2, outside), v.index_select(-2, outside)) for i, (k, v) in frozen.items()}
+        store.recording, store.fresh = False, {}
+        key_valid = torch.cat([keys_all.index_select(1, old_frozen.index_select(0, outside)),
+                               keys_all[:, q_lo:q_hi]], dim=1)
+        dtype = self.adapter.float_dtype
+        valid = key_valid[:, None, None, :].expand(-1, 1, q_hi - q_lo, -1)
+        mask = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill(~valid, torch.finfo(dtype).min)
+        raw = self.adapter.raw_logits(input_ids[:, q_lo:q_hi], attention_mask=mask,
+                                      position_ids=positions_all[:, q_lo:q_hi], **{self.kwarg: store})
+        if self.adapter.shift_logits:  # logits at i - 1 predict token i (lo >= 1: the prompt is not empty)
+            logits = raw[:, lo - 1 - q_lo:hi - 1 - q_lo]
+        else:
+            logits = raw[:, lo - q_lo:hi - q_lo]
+        new_frozen = torch.cat([everything[:start], everything[end:]])
+        state_frozen = {}
+        for i, (k, v) in frozen.items():
+            full_k = k.new_zeros((*k.shape[:-2], length, k.shape[-1]))
+            full_v = v.new_zeros((*v.shape[:-2], length, v.shape[-1]))
+            full_k[..., old_frozen, :], full_v[..., old_frozen, :] = k, v
+            fresh_k, fresh_v = store.fresh[i]
+            full_k[..., q_lo:q_hi, :], full_v[..., q_lo:q_hi, :] = fresh_k, fresh_v
+            state_frozen[i] = (full_k.index_select(-2, new_frozen), full_v.index_select(-2, new_frozen))
+        state = {"frozen": state_frozen,
+                 "key_valid": torch.cat([keys_all.index_select(1, new_frozen), keys_all[:, start:end]], dim=1),
+                 "positions": positions_all[:, start:end], "window": (start, end), "block": (lo, hi)}
+        return logits, q_hi - q_lo, state
+
+    def _install(self, state: dict) -> None:
+        self.store = _kv_store_class()()
+        self.store.frozen, self.store.recording = state["frozen"], False
+        self.key_valid, self.positions = state["key_valid"], state["positions"]
+        self.window, self.block = state["window"], state["block"]
+
+    def block_logits(self, input_ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Aligned logits ``[B, hi - lo, V]`` of the block from a forward over the window only (``rows``: of
+        those rows of the batch only, ``input_ids`` being the whole batch)."""
         start, end = self.window
         lo, hi = self.block
         dtype = self.adapter.float_dtype
         queries = end - start
-        valid = self.key_valid[:, None, None, :].expand(-1, 1, queries, -1)
+        store, key_valid, positions = self.store, self.key_valid, self.positions
+        if rows is not None:
+            input_ids, key_valid, positions = input_ids[rows], key_valid[rows], positions[rows]
+            store = _kv_store_class()()
+            store.frozen = {i: (k[rows], v[rows]) for i, (k, v) in self.store.frozen.items()}
+            store.recording = False
+        valid = key_valid[:, None, None, :].expand(-1, 1, queries, -1)
         mask = torch.zeros(valid.shape, dtype=dtype, device=input_ids.device).masked_fill(~valid, torch.finfo(dtype).min)
-        raw = self.adapter.raw_logits(input_ids[:, start:end], attention_mask=mask, position_ids=self.positions,
-                                      **{self.kwarg: self.store})
+        raw = self.adapter.raw_logits(input_ids[:, start:end], attention_mask=mask, position_ids=positions,
+                                      **{self.kwarg: store})
         n = hi - lo
         if self.adapter.shift_logits and start == lo:  # block at position 0: position 0 keeps its own row
             return torch.cat([raw[:, :1], raw[:, : n - 1]], dim=1)
@@ -378,6 +525,9 @@ def adapt(
             "(a token the model was trained to treat as [MASK])."
         )
     pad = _first(getattr(config, "pad_token_id", None), getattr(tokenizer, "pad_token_id", None) if tokenizer else None)
+    bd_size = int(getattr(config, "bd_size", 0) or 0) if getattr(config, "block_diffusion", False) else 0
+    if bd_size:
+        kind, attention = "block-diffusion", "4d"
     return DiffusionModelAdapter(
         model=model,
         mask_token_id=int(resolved_mask),
@@ -388,4 +538,5 @@ def adapt(
         pad_token_id=pad,
         max_context=_first(max_context, _context_length(config)),
         kind=kind,
+        bd_size=bd_size,
     )

@@ -4,7 +4,8 @@ Part 1 (accuracy vs NFE): the tiny LLaDA-style models of :mod:`cmikit.decoding.t
 of their task (:mod:`cmikit.decoding.tiny_task`: ``copy-one-of-two``, gen_length 24, and ``one-class-upper``,
 gen_length 64, whose confident but coupled positions punish committing dependent tokens together) with
 each strategy and setting; recorded per setting: exact-match accuracy, mean NFE per sequence
-(``nfe_per_row``), wall time and sequences/s. The baseline is LLaDA ``low_confidence`` with one token per
+(``nfe_per_row``), mean positions run through the model per sequence (``model_tokens``), wall time and
+sequences/s. The baseline is LLaDA ``low_confidence`` with one token per
 step (steps = gen_length); ``targets`` gives, per adaptive strategy, the fewest forward passes at an
 accuracy at least the baseline's.
 
@@ -127,16 +128,17 @@ N_PROBLEMS = {"copy-one-of-two": (256, 64), "one-class-upper": (128, 32)}
 
 def evaluate_setting(model, tokenizer, task, problems, config: DiffusionGenerationConfig,
                      batch_size: int) -> dict[str, Any]:
-    """Exact match, mean NFE per sequence, wall time and sequences/s for one config."""
+    """Exact match, mean NFE and positions run (``model_tokens``) per sequence, wall time and sequences/s."""
     from cmikit.decoding.tiny_dlm import encode_problems
 
     prompts, _ = encode_problems(problems, tokenizer, task.gen_length)
-    correct, nfe_rows, batch_nfe = 0, [], 0
+    correct, nfe_rows, batch_nfe, positions = 0, [], 0, []
     start = time.perf_counter()
     for lo in range(0, len(problems), batch_size):
         out = generate(model, prompts[lo:lo + batch_size], config)
         batch_nfe += out.nfe
         nfe_rows += out.nfe_per_row.tolist()
+        positions += out.tokens_per_row.tolist()
         for row, (prompt, _) in enumerate(problems[lo:lo + batch_size]):
             text = "".join(tokenizer.convert_ids_to_tokens(out.generated[row].tolist()))
             correct += task.is_correct(prompt, text)
@@ -144,6 +146,8 @@ def evaluate_setting(model, tokenizer, task, problems, config: DiffusionGenerati
     return {
         "accuracy": correct / len(problems),
         "mean_nfe": sum(nfe_rows) / len(nfe_rows),
+        # Positions run through the model per sequence: the cost measure shared with the cache part.
+        "model_tokens": sum(positions) / len(positions),
         "batch_nfe_total": batch_nfe,
         "wall_seconds": round(seconds, 3),
         "sequences_per_second": round(len(problems) / seconds, 2),

@@ -222,9 +222,9 @@ def _bench(argv: Sequence[str]) -> int:
             print(task, key, json.dumps(part["targets"], indent=1))
     if "cache" in report:
         cache = report["cache"]
-        print("cache", json.dumps({m: {k: cache[m][k] for k in ("tokens_per_second", "seconds", "mean_nfe",
-                                                                 "accuracy", "speedup")}
-                                   for m in ("none", "prefix", "dual")}, indent=1))
+        print("cache", json.dumps({m: {k: cache[m].get(k) for k in ("tokens_per_second", "seconds", "mean_nfe",
+                                                                     "model_tokens", "accuracy", "speedup")}
+                                   for m in ("none", "prefix", "dual", "prefix/block", "dual/block")}, indent=1))
         print("cache load average", cache["load_average"], "targets", json.dumps(cache["targets"]))
     if "overhead" in report:
         ov = report["overhead"]

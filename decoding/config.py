@@ -79,8 +79,18 @@ class DiffusionGenerationConfig:
             of the block, so steps run only the block. Both are approximations (the cached keys/values were
             computed when the block still held masks), as in Fast-dLLM; the refresh step's logits are used for
             that step's commits, so NFE still counts every forward pass.
-        cache_refresh (int | None, None): ``None`` refreshes the cache (one full forward) only at block
-            boundaries, as Fast-dLLM; ``N`` also refreshes every ``N`` steps inside a block (``1`` = no cache).
+            On a block-diffusion model (``config.bd_size``, causal between blocks) either mode is the exact cache
+            of finished blocks (:mod:`cmikit.decoding.block_diffusion`) and no policy applies.
+        cache_policy (str | None, None): when the approximate cache refreshes (one full forward), see
+            :mod:`cmikit.decoding.cache_policy`: ``"surprisal"`` (the default: refresh after the committed tokens
+            carried ``cache_surprisal`` nats, so confident copies run cached and decisions refresh),
+            ``"block"`` (Fast-dLLM's fixed behaviour: block starts only), ``"interval"`` (every
+            ``cache_refresh`` steps, dLLM-Cache). ``None``: ``"interval"`` when ``cache_refresh`` is set, else
+            ``"surprisal"``. Only with a cache.
+        cache_refresh (int | None, None): ``"block"``: ``None`` refreshes only at block boundaries, as
+            Fast-dLLM; ``N`` also every ``N`` steps inside a block (``1`` = no cache). ``"interval"``: the
+            period (default 2). Only with a cache.
+        cache_surprisal (float, 0.5): the ``"surprisal"`` policy's budget in nats (``0`` = refresh every step).
 
     Numerics
         numerics (str, "float32"): ``"float32"`` casts the block's logits to float32 and ranks with a stable
@@ -120,7 +130,9 @@ class DiffusionGenerationConfig:
     ccd_entropy_threshold: float | None = 0.1
     ccd_tokens_from: str = "mixture"
     cache: str = "none"
+    cache_policy: str | None = None
     cache_refresh: int | None = None
+    cache_surprisal: float = 0.5
     numerics: str = "float32"
     output_history: bool = False
     max_context: int | None = None
@@ -163,8 +175,8 @@ class DiffusionGenerationConfig:
             raise bad("block_length", "must be a positive integer or None (one block)")
         if self.gen_length % self.resolved_block_length:
             raise ConfigError(
-                f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}: blocks must "
-                f"tile the generation (e.g. block_length={self._divisor_hint()})."
+                f"gen_length={self.gen_length} (--gen-length) is not divisible by block_length={self.block_length} "
+                f"(--block-length): blocks must tile the generation (e.g. block_length={self._divisor_hint()})."
             )
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise bad("steps", "must be a positive integer or None (= gen_length)")
@@ -213,6 +225,17 @@ class DiffusionGenerationConfig:
         if self.cache_refresh is not None and (not isinstance(self.cache_refresh, int) or isinstance(
                 self.cache_refresh, bool) or self.cache_refresh < 1):
             raise bad("cache_refresh", "must be a positive number of steps, or None (refresh at block boundaries)")
+        from cmikit.decoding.cache_policy import CACHE_POLICIES
+
+        if self.cache_policy is not None and self.cache_policy not in CACHE_POLICIES:
+            raise bad("cache_policy", f"choose one of {', '.join(CACHE_POLICIES)}, or None (the default)")
+        if self.cache_surprisal < 0:
+            raise bad("cache_surprisal", "must be >= 0 nats (0 refreshes every step)")
+        if self.cache == "none":
+            for name in ("cache_refresh", "cache_policy"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"DiffusionGenerationConfig.{name}={getattr(self, name)!r} needs a KV cache: "
+                                      "it has no effect with cache='none'; pass cache='prefix' or 'dual' with it.")
         if self.numerics not in NUMERICS:
             raise bad("numerics", f"choose one of {', '.join(NUMERICS)}")
         if self.max_context is not None and self.max_context < 1:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 
 from cmikit.decoding.adapters import DiffusionModelAdapter, adapt
+from cmikit.decoding.block_diffusion import check_block_layout
+from cmikit.decoding.cache_policy import make_refresh_policy
 from cmikit.decoding.config import DiffusionGenerationConfig
 from cmikit.decoding.strategies import StepInput, Strategy, make_strategy
 from cmikit.harness.errors import ConfigError
@@ -46,6 +48,7 @@ class DiffusionOutput:
     tokens_per_row: ``[B]`` canvas positions run through the model for each row over those passes (the
         honest cost once a KV cache shortens passes; doubled under classifier-free guidance).
     model_tokens: positions run through the model for the whole batch (every pass, every row).
+    refreshes: cache passes that ran the whole canvas (block starts and the refresh policy's; 0 without cache).
     commits_per_step: ``[steps_run, B]`` tokens committed per step and row.
     history: canvases after every step when ``config.output_history``.
     """
@@ -59,6 +62,7 @@ class DiffusionOutput:
     block_nfe: list[int] = field(default_factory=list)
     tokens_per_row: torch.Tensor | None = None
     model_tokens: int = 0
+    refreshes: int = 0
 
     @property
     def generated(self) -> torch.Tensor:
@@ -88,7 +92,23 @@ def _guide(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
 def _forward(adapter: DiffusionModelAdapter, x: torch.Tensor, attention_mask: torch.Tensor | None,
              prompt_length: int, cfg_scale: float) -> torch.Tensor:
     model_x, model_mask = _model_batch(adapter, x, attention_mask, prompt_length, cfg_scale)
-    return _guide(adapter.logits(model_x, model_mask), cfg_scale)
+    kwargs = {"prompt_length": prompt_length} if adapter.bd_size else {}
+    return _guide(adapter.logits(model_x, model_mask, **kwargs), cfg_scale)
+
+
+def _never_mask(block_logits: torch.Tensor, mask_id: int, sampling: bool) -> None:
+    """The mask token is never a prediction: where it would win (greedy) or could be drawn (sampling), its logit
+    becomes -inf in place. Elsewhere the logits stay untouched, so greedy decoding stays bit-equal to the
+    references wherever they never pick it."""
+    if mask_id >= block_logits.shape[-1]:
+        return
+    column = block_logits[..., mask_id]
+    if sampling:
+        column.fill_(float("-inf"))
+    else:
+        wins = block_logits.argmax(-1) == mask_id
+        if bool(wins.any()):
+            block_logits[..., mask_id] = column.masked_fill(wins, float("-inf"))
 
 
 @torch.no_grad()
@@ -132,12 +152,16 @@ def generate(
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ConfigError(f"input_ids must be a non-empty [batch, prompt_length] tensor, got shape "
                           f"{tuple(input_ids.shape)}")
-    cache = None
+    cache, policy = None, None
+    if adapter.bd_size:
+        check_block_layout(adapter, config.resolved_block_length, config.gen_length)
     if config.cache != "none":
         if logits_hook is not None or tokens_hook is not None:
             raise ConfigError(f"cache={config.cache!r} cannot run logits_hook / tokens_hook: a cached step computes "
                               "only the block's logits; use cache='none' with hooks.")
-        cache = adapter.new_cache(config.cache)
+        cache = adapter.new_cache(config.cache, prompt_length=input_ids.shape[1])
+        # An exact cache (block-diffusion models) never goes stale: no refresh policy.
+        policy = None if cache.exact else make_refresh_policy(config)
     reference = config.numerics == "reference"
     batch, prompt_length = input_ids.shape
     gen_length, block_length = config.gen_length, config.resolved_block_length
@@ -159,7 +183,7 @@ def generate(
     suppressed = eos if config.suppress_eos_scope == "eos_eot" else torch.tensor(
         adapter.eos_only_token_ids, dtype=torch.long, device=device)
 
-    nfe, step_count = 0, 0
+    nfe, step_count, refreshes = 0, 0, 0
     nfe_per_row = torch.zeros(batch, dtype=torch.long, device=device)
     tokens_per_row = torch.zeros(batch, dtype=torch.long, device=device)
     model_tokens = 0
@@ -174,6 +198,8 @@ def generate(
         lo = prompt_length + block * block_length
         hi = lo + block_length
         strategy.start_block(x[:, lo:hi] == mask_id, steps_per_block)
+        if policy is not None:
+            policy.start_block(x[:, lo:hi] == mask_id)
         step, block_start_nfe = 0, nfe
         while True:
             block_mask = x[:, lo:hi] == mask_id
@@ -195,26 +221,40 @@ def generate(
                 block_logits = logits[:, lo:hi]
             else:
                 model_x, model_mask = _model_batch(adapter, x, attention_mask, prompt_length, config.cfg_scale)
-                if step == 0 or (config.cache_refresh and step % config.cache_refresh == 0):
-                    logits = _guide(cache.refresh(model_x, model_mask, lo, hi), config.cfg_scale)
-                    block_logits, run = logits[:, lo:hi], length
+                # A policy may refresh some rows only ([B] bool): they run the whole canvas, the others cached.
+                if policy is None:  # the exact cache: a block's first step records the finished block
+                    refresh = step == 0
+                elif step == 0 and (block == 0 or not policy.at_block_start):
+                    refresh = True
                 else:
-                    block_logits = _guide(cache.block_logits(model_x), config.cfg_scale)
-                    run = cache.window_length(lo, hi, length)
+                    refresh = policy.refresh_now(step)
+                rows_refresh = refresh.repeat(copies) if isinstance(refresh, torch.Tensor) else refresh
+                block_logits, run = cache.step(model_x, model_mask, lo, hi, rows_refresh)
+                block_logits = _guide(block_logits, config.cfg_scale)
+                refreshes += int(bool(refresh if isinstance(refresh, bool) else refresh.any()))
+                if isinstance(run, torch.Tensor):  # per row, doubled under guidance: count each copy's
+                    run = run.view(copies, batch).sum(0)
+                    tokens_per_row += (active | padded) * run
+                    model_tokens += int(run.sum())
+                    run = None
             nfe += 1
             counted = active | padded
             nfe_per_row += counted
-            tokens_per_row += counted * (run * copies)
-            model_tokens += run * copies * batch
+            if run is not None:
+                tokens_per_row += counted * (run * copies)
+                model_tokens += run * copies * batch
             if not reference:
                 block_logits = block_logits.float()
             if config.suppress_eos and suppressed.numel():
                 block_logits[..., suppressed] = float("-inf")
+            _never_mask(block_logits, mask_id, sampling=config.temperature > 0)
             commit, tokens = strategy.select(StepInput(
                 step=step, steps=steps_per_block, logits=block_logits, tokens=x[:, lo:hi], mask=block_mask,
                 config=config, generator=generator, defer_ids=defer_ids, block_start=lo, canvas_length=length,
             ))
             commit = commit & block_mask
+            if policy is not None:
+                policy.observe(commit, tokens, block_logits)
             x[:, lo:hi] = torch.where(commit, tokens.to(x.dtype), x[:, lo:hi])
             commits.append(commit.sum(-1))
             if tokens_hook is not None:
@@ -235,6 +275,7 @@ def generate(
         block_nfe=block_nfe,
         tokens_per_row=tokens_per_row,
         model_tokens=model_tokens,
+        refreshes=refreshes,
     )
 
 

@@ -30,19 +30,29 @@ from cmikit.decoding.tiny_task import CopyOneTask, OneClassUpperTask, task_from_
 
 #: Checkpoint folder name per task (under ``decoding/assets`` or the cache).
 CHECKPOINT_NAMES = {"copy-one-of-two": "tiny-copy-dlm", "one-class-upper": "tiny-case-dlm"}
+#: The block-diffusion checkpoints (causal between blocks of ``bd_size``, see :mod:`cmikit.decoding.block_diffusion`).
+BD_CHECKPOINT_NAMES = {"copy-one-of-two": "tiny-copy-bd-dlm"}
 DEFAULT_TASK = "copy-one-of-two"
 ASSET_DIR = Path(__file__).parent / "assets" / CHECKPOINT_NAMES[DEFAULT_TASK]
 
 
-def asset_dir(task: str = DEFAULT_TASK) -> Path:
-    """The packaged checkpoint folder of ``task``."""
-    return Path(__file__).parent / "assets" / CHECKPOINT_NAMES[task]
+def _checkpoint_name(task: str, block_diffusion: bool) -> str:
+    names = BD_CHECKPOINT_NAMES if block_diffusion else CHECKPOINT_NAMES
+    if task not in names:
+        raise ValueError(f"task={task!r}: no {'block-diffusion ' if block_diffusion else ''}checkpoint; choose one "
+                         f"of {sorted(names)}")
+    return names[task]
 
 
-def cache_dir(task: str = DEFAULT_TASK) -> Path:
+def asset_dir(task: str = DEFAULT_TASK, block_diffusion: bool = False) -> Path:
+    """The packaged checkpoint folder of ``task`` (its block-diffusion model when ``block_diffusion``)."""
+    return Path(__file__).parent / "assets" / _checkpoint_name(task, block_diffusion)
+
+
+def cache_dir(task: str = DEFAULT_TASK, block_diffusion: bool = False) -> Path:
     """``$CMIKIT_CACHE/decoding/<checkpoint>`` (default ``~/.cache/cmikit``)."""
     root = Path(os.environ.get("CMIKIT_CACHE", Path.home() / ".cache" / "cmikit"))
-    return root / "decoding" / CHECKPOINT_NAMES[task]
+    return root / "decoding" / _checkpoint_name(task, block_diffusion)
 
 
 @dataclass
@@ -70,6 +80,8 @@ class TinyDLMTrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     mask_eps: float = 1e-3
+    #: 0: a fully bidirectional (LLaDA-style) model; ``N``: a block-diffusion model, causal between blocks of N.
+    bd_size: int = 0
     seed: int = 0
     heldout_seed: int = 12345
     n_heldout: int = 512
@@ -106,13 +118,19 @@ TASK_TRAIN_SETTINGS: dict[str, dict] = {
     "copy-one-of-two": {},
     "one-class-upper": {"length": 64, "gen_length": 64, "num_layers": 4, "steps": 3000, "save_every": 500},
 }
+#: The block-diffusion checkpoints' settings (``dlm-decode train-tiny --bd-size 8``: the copy task, blocks of 8).
+BD_TRAIN_SETTINGS: dict[str, dict] = {
+    "copy-one-of-two": {"bd_size": 8},
+}
 
 
-def train_config_for(task: str = DEFAULT_TASK, **overrides) -> TinyDLMTrainConfig:
-    """The shipped training settings of ``task`` with ``overrides`` applied."""
-    if task not in TASK_TRAIN_SETTINGS:
-        raise ValueError(f"task={task!r}: choose one of {sorted(TASK_TRAIN_SETTINGS)}")
-    return TinyDLMTrainConfig(**{"task_name": task, **TASK_TRAIN_SETTINGS[task], **overrides})
+def train_config_for(task: str = DEFAULT_TASK, block_diffusion: bool = False, **overrides) -> TinyDLMTrainConfig:
+    """The shipped training settings of ``task`` (its block-diffusion model's when ``block_diffusion``) with
+    ``overrides`` applied."""
+    table = BD_TRAIN_SETTINGS if block_diffusion else TASK_TRAIN_SETTINGS
+    if task not in table:
+        raise ValueError(f"task={task!r}: choose one of {sorted(table)}")
+    return TinyDLMTrainConfig(**{"task_name": task, **table[task], **overrides})
 
 
 def _tokenizer():
@@ -143,6 +161,9 @@ def build_model(cfg: TinyDLMTrainConfig, tokenizer) -> torch.nn.Module:
     config.mask_token_id = tokenizer.mask_token_id
     config.shift_logits = False
     config.is_bidirectional = True
+    if cfg.bd_size:
+        config.block_diffusion = True
+        config.bd_size = cfg.bd_size
     config.tiny_dlm_task = {"name": task_name(task), **asdict(task)}
     # Eager attention: on CPU it is ~3x faster than sdpa with an explicit 4D mask at this size.
     config._attn_implementation = "eager"
@@ -162,6 +183,24 @@ def bidirectional_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> tor
     from cmikit.harness.testing import bidirectional_attention_mask
 
     return model(input_ids=input_ids, attention_mask=bidirectional_attention_mask(None, input_ids)).logits
+
+
+def block_diffusion_train_logits(model: torch.nn.Module, prompts: torch.Tensor, noisy: torch.Tensor,
+                                 clean: torch.Tensor, bd_size: int) -> torch.Tensor:
+    """Logits of the noisy answer ``[N, G, V]`` from one pass over ``[prompt | noisy | clean]`` (BD3-LM's vectorised
+    block-diffusion training; masks from :func:`cmikit.decoding.block_diffusion.block_causal_mask`)."""
+    from cmikit.decoding.block_diffusion import block_causal_mask, block_ids
+
+    p, g = prompts.shape[1], noisy.shape[1]
+    positions = torch.cat([torch.arange(p + g), torch.arange(p, p + g)])
+    blocks = block_ids(positions, p, bd_size)
+    is_noisy = torch.zeros(p + 2 * g, dtype=torch.bool)
+    is_noisy[p:p + g] = True
+    mask = block_causal_mask(blocks, blocks, query_noisy=is_noisy, key_noisy=is_noisy,
+                             dtype=next(model.parameters()).dtype).expand(prompts.shape[0], -1, -1, -1)
+    out = model(input_ids=torch.cat([prompts, noisy, clean], dim=1), attention_mask=mask,
+                position_ids=positions.expand(prompts.shape[0], -1))
+    return out.logits[:, p:p + g]
 
 
 TRAIN_LOG = "train_log.json"
@@ -236,7 +275,10 @@ def train_tiny_dlm(cfg: TinyDLMTrainConfig, output_dir: str | Path, progress: bo
         p_mask = (1 - cfg.mask_eps) * t + cfg.mask_eps
         masked = torch.rand(answers.shape, generator=gen) < p_mask
         noisy = torch.where(masked, torch.full_like(answers, mask_id), answers)
-        logits = bidirectional_logits(model, torch.cat([prompts, noisy], dim=1))[:, prompts.shape[1]:]
+        if cfg.bd_size:
+            logits = block_diffusion_train_logits(model, prompts, noisy, answers, cfg.bd_size)
+        else:
+            logits = bidirectional_logits(model, torch.cat([prompts, noisy], dim=1))[:, prompts.shape[1]:]
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), answers.reshape(-1), reduction="none")
         loss = (ce.view_as(answers) * masked / p_mask).sum() / answers.numel()
         for group in opt.param_groups:
@@ -269,7 +311,7 @@ def _save(model: torch.nn.Module, out: Path, summary: dict) -> Path:
 
 
 def load_tiny_dlm(path: str | Path | None = None, train_if_missing: bool = True, progress: bool = True,
-                  task: str = DEFAULT_TASK):
+                  task: str = DEFAULT_TASK, block_diffusion: bool = False):
     """``(model, tokenizer, task)`` for the trained tiny DLM of ``task``.
 
     Looks in ``path``, else the packaged ``decoding/assets/<checkpoint>``, else the cache
@@ -277,12 +319,12 @@ def load_tiny_dlm(path: str | Path | None = None, train_if_missing: bool = True,
     """
     from transformers import LlamaForCausalLM
 
-    candidates = [Path(path)] if path else [asset_dir(task), cache_dir(task)]
+    candidates = [Path(path)] if path else [asset_dir(task, block_diffusion), cache_dir(task, block_diffusion)]
     found = next((c for c in candidates if (c / "model.safetensors").exists()), None)
     if found is None:
         if not train_if_missing:
             raise FileNotFoundError(f"No tiny DLM checkpoint in {[str(c) for c in candidates]}; run "
                                     "`python scripts/train_tiny_dlm.py` first.")
-        found = train_tiny_dlm(train_config_for(task), candidates[-1], progress=progress)
+        found = train_tiny_dlm(train_config_for(task, block_diffusion), candidates[-1], progress=progress)
     model = LlamaForCausalLM.from_pretrained(found).eval()
     return model, _tokenizer(), task_from_dict(model.config.tiny_dlm_task)

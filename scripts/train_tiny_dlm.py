@@ -2,6 +2,7 @@
 
     python scripts/train_tiny_dlm.py                                  # copy-one-of-two -> $CMIKIT_CACHE/decoding/tiny-copy-dlm
     python scripts/train_tiny_dlm.py --task-name one-class-upper      # -> $CMIKIT_CACHE/decoding/tiny-case-dlm
+    python scripts/train_tiny_dlm.py --bd-size 8                      # block diffusion -> .../tiny-copy-bd-dlm
     python scripts/train_tiny_dlm.py --output DIR --steps 500
 
 Each task has its shipped settings (cmikit.decoding.tiny_dlm.TASK_TRAIN_SETTINGS); flags override them. Budget on
@@ -47,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     check_at_least("--threads", opts.threads, 1)
     # the task's shipped settings, then what the command line (or --config file) gave
     given = explicit_keys(types, argv) & {f.name for f in dataclasses.fields(TinyDLMTrainConfig)}
-    cfg = train_config_for(parsed.task_name, **{k: getattr(parsed, k) for k in given - {"task_name"}})
-    output = opts.output or str(cache_dir(cfg.task_name))
+    block_diffusion = parsed.bd_size > 0  # the task's block-diffusion settings (BD_TRAIN_SETTINGS)
+    cfg = train_config_for(parsed.task_name, block_diffusion,
+                           **{k: getattr(parsed, k) for k in given - {"task_name"}})
+    output = opts.output or str(cache_dir(cfg.task_name, block_diffusion))
     check_output_dir(output)  # never into the package, nor into a folder this command did not make
     torch.set_num_threads(opts.threads)
     out = train_tiny_dlm(cfg, output)

@@ -84,16 +84,20 @@ def test_tokens_run_through_the_model_are_counted(two_layer):
     total = 4 + 12
     plain = generate(two_layer, prompt, config("low_confidence"))
     assert plain.tokens_per_row.tolist() == [12 * total] and plain.model_tokens == 12 * total
-    prefix = generate(two_layer, prompt, config("low_confidence", cache="prefix"))
+    # Fast-dLLM's fixed policy by name (the default "surprisal" policy refreshes where commits carry information).
+    prefix = generate(two_layer, prompt, config("low_confidence", cache="prefix", cache_policy="block"))
     # 3 blocks of 4 steps: one full pass, then 3 passes over block + suffix (12, 8, 4 positions).
     assert prefix.nfe == 12
     assert prefix.tokens_per_row.tolist() == [3 * total + 3 * (12 + 8 + 4)]
-    dual = generate(two_layer, prompt, config("low_confidence", cache="dual"))
-    assert dual.tokens_per_row.tolist() == [3 * total + 9 * 4]
+    dual = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_policy="block"))
+    assert dual.tokens_per_row.tolist() == [3 * total + 9 * 4] and dual.refreshes == 3
     refreshed = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_refresh=2))
-    assert refreshed.tokens_per_row.tolist() == [6 * total + 6 * 4]
-    guided = generate(two_layer, prompt, config("low_confidence", cache="dual", cfg_scale=1.0))
+    assert refreshed.tokens_per_row.tolist() == [6 * total + 6 * 4] and refreshed.refreshes == 6
+    guided = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_policy="block", cfg_scale=1.0))
     assert guided.tokens_per_row.tolist() == [2 * (3 * total + 9 * 4)]
+    adaptive = generate(two_layer, prompt, config("low_confidence", cache="dual"))
+    n = adaptive.refreshes
+    assert adaptive.tokens_per_row.tolist() == [n * total + (12 - n) * 4] and 3 <= n <= 12
 
 
 def test_batched_cache_equals_each_prompt_alone(two_layer):
@@ -144,23 +148,37 @@ def test_tiny_dlm_cached_outputs_agree_with_no_cache():
 
 
 def test_bench_cache_report_has_every_mode_and_the_speedups(monkeypatch):
-    """The ``"cache"`` object of bench.json, on a tiny random model standing in for SmolLM2 (timing only)."""
+    """The ``"cache"`` object of bench.json, on a tiny random model standing in for SmolLM2 (timing only), and the
+    accuracy part on every tiny task (a few problems) with NFE, positions run and accuracy in every row."""
+    import cmikit.decoding.bench_cache as bench_cache
     import cmikit.harness.models
-    from cmikit.decoding.bench_cache import MODES, cache_report
     from cmikit.harness.testing import tiny_causal_lm, tiny_tokenizer
 
     monkeypatch.setattr(cmikit.harness.models, "load_model", lambda ref, **kw: (tiny_causal_lm(), tiny_tokenizer()))
-    report = cache_report(quick=True, progress=False)
-    for mode in MODES:
-        row = report[mode]
-        for key in ("tokens_per_second", "seconds", "mean_nfe", "accuracy", "speedup", "tokens_per_sequence"):
-            assert key in row, (mode, key)
-        assert set(row["accuracy_by_strategy"]) == {"low_confidence", "threshold", "ccd"}
-        assert row["mean_nfe"] == report["speed_setting"]["gen_length"]  # one token per step, every mode
-    assert report["none"]["speedup"] == 1.0
-    assert report["none"]["tokens_per_sequence"] > report["prefix"]["tokens_per_sequence"] > \
-        report["dual"]["tokens_per_sequence"]
-    assert report["targets"]["applies"] is False and "max_accuracy_gap" in report["targets"]
+    accuracy = bench_cache.cache_accuracy
+    monkeypatch.setattr(bench_cache, "cache_accuracy", lambda *a, **kw: accuracy(
+        *a, **{**kw, "n_problems": 4, "strategies": ("threshold",)}))
+    monkeypatch.setattr(bench_cache, "one_token_per_step_baseline",
+                        lambda *a, **kw: {"task": "one-class-upper", "accuracy": 0.0, "model_tokens": 8256.0})
+    report = bench_cache.cache_report(quick=True, progress=False)
+    for arm in bench_cache.SPEED_ARMS:
+        row = report[arm]
+        for key in ("tokens_per_second", "seconds", "mean_nfe", "model_tokens", "speedup"):
+            assert key in row, (arm, key)
+        assert row["mean_nfe"] == report["speed_setting"]["gen_length"]  # one token per step, every arm
+    assert report["none"]["speedup"] == 1.0 and report["none"]["refreshes"] == 0
+    assert report["none"]["model_tokens"] > report["prefix/block"]["model_tokens"] > \
+        report["dual/block"]["model_tokens"]
+    tasks = report["accuracy_by_task"]
+    assert set(tasks) == {"copy-one-of-two", "one-class-upper", "copy-one-of-two (block diffusion)"}
+    for by_task in tasks.values():
+        for arm, by_strategy in by_task["arms"].items():
+            row = by_strategy["threshold"]
+            assert {"accuracy", "mean_nfe", "model_tokens", "positions_reduction"} <= set(row), arm
+            assert row["model_tokens"] <= by_task["arms"]["none"]["threshold"]["model_tokens"], arm
+    bd = tasks["copy-one-of-two (block diffusion)"]["arms"]["dual"]["threshold"]
+    assert bd["agreement_with_none"] == 1.0  # the exact cache
+    assert report["targets"]["applies"] is False and "best_combination" in report["targets"]
     assert report["load_average"]["before"] is not None
 
 
