@@ -11,6 +11,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.cmikit-installed
 PYTEST_ARGS ?=
+# The suite runs on 2 pytest-xdist workers (the machines this project targets have 2 cores); PYTEST_WORKERS=0 runs
+# it in one process.
+PYTEST_WORKERS ?= 2
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
@@ -43,11 +46,11 @@ demo-decoding: $(STAMP)
 	$(VENV)/bin/dlm-decode bench --quick --out runs/decoding-quick
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Everything but the tests that need the real embedded model (for quick local iterations).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not embedded" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not embedded" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -173,7 +173,8 @@ def test_examples_split_across_two_processes(tmp_path):
                  progress=False)
     """))
     out = tmp_path / "out"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(out)]
+    # --standalone: a free rendezvous port, so that parallel test workers never collide on the default 29500
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(out)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "LOCAL_RANK", "WORLD_SIZE",
                                                                       "MASTER_"))}
     proc = subprocess.run(torchrun, capture_output=True, text=True, timeout=240, env=env)
