@@ -90,7 +90,7 @@ class DiffusionGenerationConfig:
         cache_refresh (int | None, None): ``"block"``: ``None`` refreshes only at block boundaries, as
             Fast-dLLM; ``N`` also every ``N`` steps inside a block (``1`` = no cache). ``"interval"``: the
             period (default 2). Only with a cache.
-        cache_surprisal (float, 0.5): the ``"surprisal"`` policy's budget in nats (``0`` = refresh every step).
+        cache_surprisal (float, 0.4): the ``"surprisal"`` policy's budget in nats (``0`` = refresh every step).
 
     Numerics
         numerics (str, "float32"): ``"float32"`` casts the block's logits to float32 and ranks with a stable
@@ -132,7 +132,7 @@ class DiffusionGenerationConfig:
     cache: str = "none"
     cache_policy: str | None = None
     cache_refresh: int | None = None
-    cache_surprisal: float = 0.5
+    cache_surprisal: float = 0.4
     numerics: str = "float32"
     output_history: bool = False
     max_context: int | None = None

@@ -160,6 +160,9 @@ def test_bench_cache_report_has_every_mode_and_the_speedups(monkeypatch):
         *a, **{**kw, "n_problems": 4, "strategies": ("threshold",)}))
     monkeypatch.setattr(bench_cache, "one_token_per_step_baseline",
                         lambda *a, **kw: {"task": "one-class-upper", "accuracy": 0.0, "model_tokens": 8256.0})
+    named = {"task": "one-class-upper", "config": dict(bench_cache.BEST_COMBINATION), "accuracy": 1.0,
+             "model_tokens": 600.0}
+    monkeypatch.setattr(bench_cache, "best_combination_run", lambda *a, **kw: named)
     report = bench_cache.cache_report(quick=True, progress=False)
     for arm in bench_cache.SPEED_ARMS:
         row = report[arm]
@@ -179,6 +182,8 @@ def test_bench_cache_report_has_every_mode_and_the_speedups(monkeypatch):
     bd = tasks["copy-one-of-two (block diffusion)"]["arms"]["dual"]["threshold"]
     assert bd["agreement_with_none"] == 1.0  # the exact cache
     assert report["targets"]["applies"] is False and "best_combination" in report["targets"]
+    assert report["targets"]["named_best_combination"] == named  # the named row is one of the candidates
+    assert report["targets"]["best_combination"]["arm"] == "best" and report["targets"]["best_met"]
     assert report["load_average"]["before"] is not None
 
 
