@@ -79,6 +79,14 @@ def tiny_causal_lm(vocab_size: int | None = None, seed: int = 0, **overrides) ->
     return model.eval()
 
 
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded batch of token-id lists: ``(input_ids, attention_mask)``, padding with ``pad_id``."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
 def bidirectional_attention_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor,
                                  dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """A 4D ``[B, 1, L, L]`` mask letting every query see every non-padding key.

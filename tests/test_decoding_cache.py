@@ -7,18 +7,13 @@ import torch
 
 from cmikit.decoding import DiffusionGenerationConfig, adapt, generate
 from cmikit.harness.errors import ConfigError, ModelRefError
-from cmikit.harness.testing import tiny_dream_like, tiny_llada_like
+from cmikit.harness.testing import left_pad, tiny_dream_like, tiny_llada_like
 
 STRATEGIES = ["low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "threshold", "entropy_bound",
               "ccd", "ccd_marginal"]
 PROMPTS = [[5, 9, 17, 23, 4, 8], [11, 3], [40, 41, 42, 43]]
 
 
-def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
 
 
 def peaked(model):

@@ -8,16 +8,11 @@ import torch
 from cmikit.decoding import DiffusionGenerationConfig, generate
 from cmikit.decoding.cache_policy import SurprisalRefresh, make_refresh_policy
 from cmikit.harness.errors import ConfigError
-from cmikit.harness.testing import tiny_llada_like
+from cmikit.harness.testing import left_pad, tiny_llada_like
 
 PROMPTS = [[5, 9, 17, 23, 4, 8], [11, 3], [40, 41, 42, 43]]
 
 
-def left_pad(prompts):
-    width = max(map(len, prompts))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,7 @@ import torch
 
 from cmikit.decoding import AdapterError, DiffusionGenerationConfig, adapt, generate
 from cmikit.decoding.plugin import CUSTOM_GENERATE_DIR, diffusion_generate
-from cmikit.harness.testing import tiny_causal_lm, tiny_dream_like, tiny_llada_like, tiny_tokenizer
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
+from cmikit.harness.testing import left_pad, tiny_causal_lm, tiny_dream_like, tiny_llada_like, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from cmikit.decoding.cli import main as dlm_decode
 from cmikit.decoding.config import STRATEGIES
 from cmikit.harness.models import ModelLoadError, load_model
 from cmikit.harness.native_dlm import NativeFormatError, native_config, native_name
-from cmikit.harness.testing import REMOTE_CODE_FILES, padded_position_ids, tiny_released_checkpoint
+from cmikit.harness.testing import REMOTE_CODE_FILES, left_pad, padded_position_ids, tiny_released_checkpoint
 
 FORMATS = ("llada", "dream")
 
@@ -201,10 +201,6 @@ def test_tripwire_fires_when_remote_code_is_imported(released):
     marker.unlink()
 
 
-def _left_pad(prompts):
-    width = max(map(len, prompts))
-    return (torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
-            torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]))
 
 
 def _config(strategy: str, **kw) -> DiffusionGenerationConfig:
@@ -220,7 +216,7 @@ def test_every_strategy_token_identical_with_cache_refresh_1(loaded, fmt, strate
     """Target: native no-cache == native with cache_refresh=1 (prefix and dual), every strategy, left padding."""
     model, tokenizer = loaded[fmt]
     adapter = adapt(model, tokenizer)
-    ids, mask = _left_pad([[9, 20, 33, 41, 12, 14], [15, 16], [40, 41, 42, 43]])
+    ids, mask = left_pad([[9, 20, 33, 41, 12, 14], [15, 16], [40, 41, 42, 43]])
     plain = generate(adapter, ids, _config(strategy), attention_mask=mask)
     assert not (plain.generated == adapter.mask_token_id).any()
     for cache in ("prefix", "dual"):
@@ -232,7 +228,7 @@ def test_every_strategy_token_identical_with_cache_refresh_1(loaded, fmt, strate
 def test_dual_cache_runs_on_both_formats_with_guidance(loaded, fmt):
     model, tokenizer = loaded[fmt]
     adapter = adapt(model, tokenizer)
-    ids, mask = _left_pad([[9, 20, 33, 41, 12, 14], [15, 16]])
+    ids, mask = left_pad([[9, 20, 33, 41, 12, 14], [15, 16]])
     for kw in ({"strategy": "low_confidence"}, {"strategy": "ccd"}, {"strategy": "low_confidence", "cfg_scale": 1.0}):
         plain = generate(adapter, ids, _config(**kw), attention_mask=mask)
         dual = generate(adapter, ids, _config(**kw, cache="dual"), attention_mask=mask)
