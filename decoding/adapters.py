@@ -82,6 +82,7 @@ class DiffusionModelAdapter:
     #: Block-diffusion models (``config.bd_size``): attention causal between blocks of this many tokens and
     #: bidirectional inside one (:mod:`cmikit.decoding.block_diffusion`); 0 = bidirectional everywhere.
     bd_size: int = 0
+    _logits_to_keep: bool | None = field(default=None, repr=False)
 
     @property
     def float_dtype(self) -> torch.dtype:
@@ -106,7 +107,7 @@ class DiffusionModelAdapter:
             )
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, prompt_length: int | None = None,
-               **model_kwargs) -> torch.Tensor:
+               keep: tuple[int, int] | None = None, **model_kwargs) -> torch.Tensor:
         """Logits aligned so that ``logits[:, i]`` predicts ``input_ids[:, i]`` (shift applied here).
 
         ``prompt_length`` places the blocks of a block-diffusion model (required for one, ignored otherwise).
@@ -133,11 +134,32 @@ class DiffusionModelAdapter:
             # padding there; sdpa accepts either.
             kwargs["attention_mask"] = bidirectional_attention_mask(mask2d, input_ids, dtype=self.float_dtype)
             kwargs["position_ids"] = padded_position_ids(mask2d, input_ids)
+        if keep is not None:
+            return self.window_logits(input_ids, 0, keep[0], keep[1], **kwargs)
         logits = self.raw_logits(input_ids, **kwargs)
         if self.shift_logits:
             # Dream (diffusion_generate): logits at i-1 predict token i; position 0 keeps its own row.
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
+
+    def window_logits(self, window_ids: torch.Tensor, offset: int, lo: int, hi: int, **kwargs) -> torch.Tensor:
+        """Aligned logits ``[B, hi - lo, V]`` of canvas positions ``[lo, hi)`` from a forward over ``window_ids``
+        (canvas positions ``[offset, offset + n)``). The vocabulary projection runs only on the rows needed
+        (transformers' ``logits_to_keep``) where the model takes it: on a 135M model with a 49k vocabulary it is
+        a fifth of a full pass."""
+        rows = torch.arange(lo, hi, device=window_ids.device)
+        if self.shift_logits:  # logits at i - 1 predict token i; position 0 keeps its own row
+            rows = (rows - 1).clamp(min=0)
+        rows = rows - offset
+        if self.takes_logits_to_keep():
+            return self.raw_logits(window_ids, logits_to_keep=rows, **kwargs)
+        return self.raw_logits(window_ids, **kwargs).index_select(1, rows)
+
+    def takes_logits_to_keep(self) -> bool:
+        if self._logits_to_keep is None:
+            self._logits_to_keep = any("logits_to_keep" in _parameters(cls.__dict__["forward"])
+                                       for cls in type(self.model).__mro__ if "forward" in cls.__dict__)
+        return self._logits_to_keep
 
 
     def raw_logits(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -187,15 +209,23 @@ class DiffusionModelAdapter:
                 "so keys and values cannot be reused; use cache='none'."
             )
 
-    def new_cache(self, mode: str, prompt_length: int | None = None):
-        """The cache of one decoding call: :class:`BlockKVCache` (approximate), or for a block-diffusion model the
-        exact :class:`~cmikit.decoding.block_diffusion.BlockDiffusionCache` (needs ``prompt_length``)."""
+    def new_cache(self, mode: str, prompt_length: int | None = None, scope: str = "canvas"):
+        """The cache of one decoding call: :class:`BlockKVCache` (approximate; ``scope``: what a refresh
+        recomputes), or for a block-diffusion model the exact
+        :class:`~cmikit.decoding.block_diffusion.BlockDiffusionCache` (needs ``prompt_length``; never refreshes)."""
         self.check_cache(mode)
         if self.bd_size:
             from cmikit.decoding.block_diffusion import BlockDiffusionCache
 
             return BlockDiffusionCache(self, mode, prompt_length)
-        return BlockKVCache(self, mode)
+        return BlockKVCache(self, mode, scope)
+
+
+def _parameters(function) -> dict:
+    try:
+        return dict(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return {}
 
 
 def _kv_store_class():
@@ -247,9 +277,11 @@ class BlockKVCache:
 
     exact = False
 
-    def __init__(self, adapter: DiffusionModelAdapter, mode: str) -> None:
+    def __init__(self, adapter: DiffusionModelAdapter, mode: str, scope: str = "canvas") -> None:
         self.adapter = adapter
         self.mode = mode
+        # A prefix window reaches the canvas end: everything left of it is the whole canvas.
+        self.scope = "canvas" if mode == "prefix" else scope
         self.kwarg = adapter.cache_kwarg()
         self.store = None
         self.window: tuple[int, int] = (0, 0)
@@ -264,19 +296,21 @@ class BlockKVCache:
         start, end = self._window_for(lo, hi, length)
         return end - start
 
-    def refresh(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
-        """Full forward (aligned logits ``[B, L, V]``) that also stores the keys/values outside the window."""
+    def refresh(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int,
+                keep: tuple[int, int] | None = None) -> torch.Tensor:
+        """Full forward that also stores the keys/values outside the window: aligned logits ``[B, L, V]``, or
+        with ``keep=(a, b)`` those of positions ``[a, b)`` only (the vocabulary projection runs on them only)."""
         from cmikit.harness.testing import padded_position_ids
 
         batch, length = input_ids.shape
         self.store = _kv_store_class()()
-        logits = self.adapter.logits(input_ids, attention_mask, **{self.kwarg: self.store})
+        logits = self.adapter.logits(input_ids, attention_mask, keep=keep, **{self.kwarg: self.store})
         start, end = self._window_for(lo, hi, length)
-        keep = torch.cat([torch.arange(0, start), torch.arange(end, length)]).to(input_ids.device)
-        self.store.keep(keep)
+        outside = torch.cat([torch.arange(0, start), torch.arange(end, length)]).to(input_ids.device)
+        self.store.keep(outside)
         keys = torch.ones(batch, length, dtype=torch.bool, device=input_ids.device) if attention_mask is None \
             else attention_mask.to(torch.bool)
-        self.key_valid = torch.cat([keys.index_select(1, keep), keys[:, start:end]], dim=1)
+        self.key_valid = torch.cat([keys.index_select(1, outside), keys[:, start:end]], dim=1)
         padded = attention_mask is not None and bool((attention_mask == 0).any())
         self.positions = padded_position_ids(attention_mask if padded else None, input_ids)[:, start:end]
         self.window, self.block = (start, end), (lo, hi)
@@ -286,13 +320,15 @@ class BlockKVCache:
              refresh: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
         """One decoding step: ``(block logits [B, hi - lo, V], positions run)``.
 
-        ``refresh`` is ``True`` (a full forward that refreshes every row), ``False`` (no refresh) or a ``[B]``
-        bool tensor: the rows it marks refresh (a full forward over those rows only, their keys/values
-        replaced), the others do not; positions run are then per row (``[B]``). Without a refresh a step runs
-        the window against the frozen keys/values; on the first step of a new block it runs the previous
-        window and the new one together and freezes the finished block's keys/values from that pass (a *window
-        shift*, the delayed caching of dKV-Cache / Fast-dLLM v2: no full forward at the block boundary)."""
-        length = input_ids.shape[1]
+        ``refresh`` is ``True`` (every row refreshes), ``False`` (no row does) or a ``[B]`` bool tensor: the rows
+        it marks refresh, the others do not; positions run are then per row (``[B]``). A refresh is a full
+        forward (``scope="canvas"``) or, with ``scope="left"``, a pass over everything left of the window end
+        against the stored suffix (the prompt, the finished blocks and the block get fresh keys/values, the
+        masked suffix keeps its own). Without a refresh a step runs the window against the frozen keys/values;
+        on the first step of a new block it runs the previous window and the new one together and freezes the
+        finished block's keys/values from that pass (a *window shift*, the delayed caching of dKV-Cache /
+        Fast-dLLM v2: no full forward at the block boundary)."""
+        length, batch = input_ids.shape[1], input_ids.shape[0]
         if self.store is None:
             refresh = True
         if isinstance(refresh, torch.Tensor):
@@ -300,59 +336,82 @@ class BlockKVCache:
                 refresh = True
             elif not bool(refresh.any()):
                 refresh = False
-        if refresh is True:
-            return self.refresh(input_ids, attention_mask, lo, hi)[:, lo:hi], length
+        if refresh is True and (self.scope == "canvas" or self.store is None):
+            return self.refresh(input_ids, attention_mask, lo, hi, keep=(lo, hi)), length
         new_block = (lo, hi) != self.block
         if refresh is False:
             if new_block:
-                logits, run, state = self._shift(input_ids, attention_mask, lo, hi, None)
+                logits, run, state = self._span(input_ids, attention_mask, lo, hi, None, left=False)
                 self._install(state)
                 return logits, run
             return self.block_logits(input_ids), self.window_length(lo, hi, length)
+        if refresh is True:
+            refresh = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
         stay = (~refresh).nonzero(as_tuple=True)[0]
         renew = refresh.nonzero(as_tuple=True)[0]
-        if new_block:
-            kept, stay_run, state = self._shift(input_ids, attention_mask, lo, hi, stay)
+        parts = []  # (rows, block logits, positions run, state or None = the rows' current state)
+        if stay.numel():
+            if new_block:
+                parts.append((stay, *self._span(input_ids, attention_mask, lo, hi, stay, left=False)))
+            else:
+                parts.append((stay, self.block_logits(input_ids, rows=stay), self.window_length(lo, hi, length),
+                              None))
+        if self.scope == "left":
+            parts.append((renew, *self._span(input_ids, attention_mask, lo, hi, renew, left=True)))
         else:
-            kept, stay_run = self.block_logits(input_ids, rows=stay), self.window_length(lo, hi, length)
-            state = None
-        fresh_cache = BlockKVCache(self.adapter, self.mode)
-        fresh = fresh_cache.refresh(input_ids[renew], None if attention_mask is None else attention_mask[renew],
-                                    lo, hi)[:, lo:hi]
-        if state is not None:  # the shifted rows' new state first, in the whole batch's tensors
-            merged = {i: (self.store.frozen[i][0].new_empty((input_ids.shape[0], *k.shape[1:])),
-                          self.store.frozen[i][1].new_empty((input_ids.shape[0], *v.shape[1:])))
-                      for i, (k, v) in state["frozen"].items()}
-            for i, (k, v) in state["frozen"].items():
-                merged[i][0][stay], merged[i][1][stay] = k, v
-            key_valid = state["key_valid"].new_empty((input_ids.shape[0], state["key_valid"].shape[1]))
-            key_valid[stay] = state["key_valid"]
-            positions = state["positions"].new_empty((input_ids.shape[0], state["positions"].shape[1]))
-            positions[stay] = state["positions"]
-            self._install({"frozen": merged, "key_valid": key_valid, "positions": positions,
-                           "window": state["window"], "block": state["block"]})
-        for layer, (k, v) in fresh_cache.store.frozen.items():
-            old_k, old_v = self.store.frozen[layer]
-            self.store.frozen[layer] = (old_k.index_copy(0, renew, k), old_v.index_copy(0, renew, v))
-        self.key_valid = self.key_valid.index_copy(0, renew, fresh_cache.key_valid)
-        self.positions = self.positions.index_copy(0, renew, fresh_cache.positions)
-        logits = fresh.new_empty((input_ids.shape[0], *fresh.shape[1:]))
-        logits[stay], logits[renew] = kept.to(fresh.dtype), fresh
-        run = torch.where(refresh, length, stay_run).to(input_ids.device)
+            fresh_cache = BlockKVCache(self.adapter, self.mode)
+            fresh = fresh_cache.refresh(input_ids[renew], None if attention_mask is None else attention_mask[renew],
+                                        lo, hi, keep=(lo, hi))
+            parts.append((renew, fresh, length, {
+                "frozen": fresh_cache.store.frozen, "key_valid": fresh_cache.key_valid,
+                "positions": fresh_cache.positions, "window": fresh_cache.window, "block": fresh_cache.block}))
+        self._install(self._merge(parts, batch))
+        first = parts[0][1]
+        logits = first.new_empty((batch, *first.shape[1:]))
+        run = torch.empty(batch, dtype=torch.long, device=input_ids.device)
+        for rows, part_logits, part_run, _ in parts:
+            logits[rows], run[rows] = part_logits.to(first.dtype), part_run
         return logits, run
 
-    def _shift(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int,
-               rows: torch.Tensor | None) -> tuple[torch.Tensor, int, dict]:
-        """The first pass of a new block without a refresh: queries over the old and the new window together,
-        keys = the frozen positions outside them + those queries. Returns the block's aligned logits, the
-        positions run and the new state (the old window's fresh keys/values frozen, the new window's dropped)."""
+    def _merge(self, parts, batch: int) -> dict:
+        """One batch-wide state from per-row-group states (``None``: those rows keep the current state)."""
+        given = next((s for *_, s in parts if s is not None), None)
+        frozen = {}
+        for layer in self.store.frozen:
+            out = []
+            for j in (0, 1):
+                sample = (self.store.frozen if given is None else given["frozen"])[layer][j]
+                full = sample.new_empty((batch, *sample.shape[1:]))
+                for rows, _, _, state in parts:
+                    src = self.store.frozen[layer][j][rows] if state is None else state["frozen"][layer][j]
+                    full[rows] = src
+                out.append(full)
+            frozen[layer] = tuple(out)
+        merged = {"frozen": frozen}
+        for name in ("key_valid", "positions"):
+            sample = getattr(self, name) if given is None else given[name]
+            full = sample.new_empty((batch, *sample.shape[1:]))
+            for rows, _, _, state in parts:
+                full[rows] = getattr(self, name)[rows] if state is None else state[name]
+            merged[name] = full
+        merged["window"], merged["block"] = (self.window, self.block) if given is None else (given["window"],
+                                                                                             given["block"])
+        return merged
+
+    def _span(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, hi: int,
+              rows: torch.Tensor | None, left: bool) -> tuple[torch.Tensor, int, dict]:
+        """One pass of the queries ``[q_lo, q_hi)`` against the frozen keys/values outside them, for block
+        ``[lo, hi)``. ``left=False`` (a window shift, the first pass of a new block without a refresh): the
+        queries are the old window and the new one. ``left=True`` (a left refresh): everything from position 0 to
+        the window's end. Returns the block's aligned logits, the positions run and the new state (the queries'
+        fresh keys/values frozen outside the new window, the other frozen positions kept, the window's dropped)."""
         from cmikit.harness.testing import padded_position_ids
 
         length = input_ids.shape[1]
         device = input_ids.device
         old_start, old_end = self.window
         start, end = self._window_for(lo, hi, length)
-        q_lo, q_hi = min(old_start, start), max(old_end, end)
+        q_lo, q_hi = (0 if left else min(old_start, start)), max(old_end, end)
         everything = torch.arange(length, device=device)
         old_frozen = torch.cat([everything[:old_start], everything[old_end:]])
         outside = ((old_frozen < q_lo) | (old_frozen >= q_hi)).nonzero(as_tuple=True)[0]
@@ -372,12 +431,8 @@ class BlockKVCache:
         dtype = self.adapter.float_dtype
         valid = key_valid[:, None, None, :].expand(-1, 1, q_hi - q_lo, -1)
         mask = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill(~valid, torch.finfo(dtype).min)
-        raw = self.adapter.raw_logits(input_ids[:, q_lo:q_hi], attention_mask=mask,
-                                      position_ids=positions_all[:, q_lo:q_hi], **{self.kwarg: store})
-        if self.adapter.shift_logits:  # logits at i - 1 predict token i (lo >= 1: the prompt is not empty)
-            logits = raw[:, lo - 1 - q_lo:hi - 1 - q_lo]
-        else:
-            logits = raw[:, lo - q_lo:hi - q_lo]
+        logits = self.adapter.window_logits(input_ids[:, q_lo:q_hi], q_lo, lo, hi, attention_mask=mask,
+                                            position_ids=positions_all[:, q_lo:q_hi], **{self.kwarg: store})
         new_frozen = torch.cat([everything[:start], everything[end:]])
         state_frozen = {}
         for i, (k, v) in frozen.items():
@@ -413,12 +468,8 @@ class BlockKVCache:
             store.recording = False
         valid = key_valid[:, None, None, :].expand(-1, 1, queries, -1)
         mask = torch.zeros(valid.shape, dtype=dtype, device=input_ids.device).masked_fill(~valid, torch.finfo(dtype).min)
-        raw = self.adapter.raw_logits(input_ids[:, start:end], attention_mask=mask, position_ids=positions,
-                                      **{self.kwarg: store})
-        n = hi - lo
-        if self.adapter.shift_logits and start == lo:  # block at position 0: position 0 keeps its own row
-            return torch.cat([raw[:, :1], raw[:, : n - 1]], dim=1)
-        return raw[:, :n]
+        return self.adapter.window_logits(input_ids[:, start:end], start, lo, hi, attention_mask=mask,
+                                          position_ids=positions, **{self.kwarg: store})
 
 
 def _config_of(model):

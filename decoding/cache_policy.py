@@ -34,6 +34,9 @@ from cmikit.harness.errors import ConfigError
 
 CACHE_POLICIES = ("surprisal", "block", "interval")
 DEFAULT_CACHE_POLICY = "surprisal"
+#: What a refresh recomputes (:class:`cmikit.decoding.adapters.BlockKVCache`): the whole canvas, or everything
+#: left of the window's end against the stored suffix.
+REFRESH_SCOPES = ("canvas", "left")
 
 
 class RefreshPolicy:
@@ -116,6 +119,16 @@ def make_refresh_policy(config) -> RefreshPolicy:
     if name == "surprisal":
         return SurprisalRefresh(config.cache_surprisal)
     raise ConfigError(f"cache_policy={name!r}: choose one of {', '.join(CACHE_POLICIES)}")
+
+
+def resolved_refresh_scope(config) -> str:
+    """``config.cache_refresh_scope``, or the policy's own: ``"left"`` for ``surprisal`` (a decision in the block
+    moves the prompt's and the finished blocks' keys/values, which the block reads; the masked suffix only holds
+    guesses), ``"canvas"`` for Fast-dLLM's ``block`` and dLLM-Cache's ``interval`` (their refresh is a full
+    forward)."""
+    if config.cache_refresh_scope is not None:
+        return config.cache_refresh_scope
+    return "left" if resolved_cache_policy(config) == "surprisal" else "canvas"
 
 
 def resolved_cache_policy(config) -> str:

@@ -91,6 +91,11 @@ class DiffusionGenerationConfig:
             Fast-dLLM; ``N`` also every ``N`` steps inside a block (``1`` = no cache). ``"interval"``: the
             period (default 2). Only with a cache.
         cache_surprisal (float, 0.4): the ``"surprisal"`` policy's budget in nats (``0`` = refresh every step).
+        cache_refresh_scope (str | None, None): what a refresh recomputes. ``"canvas"``: a full forward over the
+            whole canvas (Fast-dLLM's refresh). ``"left"``: everything left of the window's end (the prompt, the
+            finished blocks, the block), against the stored keys/values of the masked suffix, which keep theirs.
+            ``None``: ``"left"`` under the ``"surprisal"`` policy, ``"canvas"`` under ``"block"`` / ``"interval"``.
+            With ``cache="prefix"`` the window reaches the end, so both are the full forward. Only with a cache.
 
     Numerics
         numerics (str, "float32"): ``"float32"`` casts the block's logits to float32 and ranks with a stable
@@ -133,6 +138,7 @@ class DiffusionGenerationConfig:
     cache_policy: str | None = None
     cache_refresh: int | None = None
     cache_surprisal: float = 0.4
+    cache_refresh_scope: str | None = None
     numerics: str = "float32"
     output_history: bool = False
     max_context: int | None = None
@@ -231,8 +237,12 @@ class DiffusionGenerationConfig:
             raise bad("cache_policy", f"choose one of {', '.join(CACHE_POLICIES)}, or None (the default)")
         if self.cache_surprisal < 0:
             raise bad("cache_surprisal", "must be >= 0 nats (0 refreshes every step)")
+        from cmikit.decoding.cache_policy import REFRESH_SCOPES
+
+        if self.cache_refresh_scope is not None and self.cache_refresh_scope not in REFRESH_SCOPES:
+            raise bad("cache_refresh_scope", f"choose one of {', '.join(REFRESH_SCOPES)}, or None (the policy's)")
         if self.cache == "none":
-            for name in ("cache_refresh", "cache_policy"):
+            for name in ("cache_refresh", "cache_policy", "cache_refresh_scope"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"DiffusionGenerationConfig.{name}={getattr(self, name)!r} needs a KV cache: "
                                       "it has no effect with cache='none'; pass cache='prefix' or 'dual' with it.")

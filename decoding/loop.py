@@ -31,7 +31,7 @@ import torch
 
 from cmikit.decoding.adapters import DiffusionModelAdapter, adapt
 from cmikit.decoding.block_diffusion import check_block_layout
-from cmikit.decoding.cache_policy import make_refresh_policy
+from cmikit.decoding.cache_policy import make_refresh_policy, resolved_refresh_scope
 from cmikit.decoding.config import DiffusionGenerationConfig
 from cmikit.decoding.strategies import StepInput, Strategy, make_strategy
 from cmikit.harness.errors import ConfigError
@@ -159,7 +159,8 @@ def generate(
         if logits_hook is not None or tokens_hook is not None:
             raise ConfigError(f"cache={config.cache!r} cannot run logits_hook / tokens_hook: a cached step computes "
                               "only the block's logits; use cache='none' with hooks.")
-        cache = adapter.new_cache(config.cache, prompt_length=input_ids.shape[1])
+        cache = adapter.new_cache(config.cache, prompt_length=input_ids.shape[1],
+                                  scope=resolved_refresh_scope(config))
         # An exact cache (block-diffusion models) never goes stale: no refresh policy.
         policy = None if cache.exact else make_refresh_policy(config)
     reference = config.numerics == "reference"

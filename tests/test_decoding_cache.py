@@ -90,9 +90,16 @@ def test_tokens_run_through_the_model_are_counted(two_layer):
     assert refreshed.tokens_per_row.tolist() == [6 * total + 6 * 4] and refreshed.refreshes == 6
     guided = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_policy="block", cfg_scale=1.0))
     assert guided.tokens_per_row.tolist() == [2 * (3 * total + 9 * 4)]
-    adaptive = generate(two_layer, prompt, config("low_confidence", cache="dual"))
+    adaptive = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_refresh_scope="canvas"))
     n = adaptive.refreshes
     assert adaptive.tokens_per_row.tolist() == [n * total + (12 - n) * 4] and 3 <= n <= 12
+    # A left refresh runs everything left of the block's end: refreshing at every step, after the first full pass,
+    # block 0 runs 3 x 8 positions, block 1 4 x 12, block 2 4 x 16.
+    left = generate(two_layer, prompt, config("low_confidence", cache="dual", cache_surprisal=0.0))
+    assert left.refreshes == 12 and left.tokens_per_row.tolist() == [total + 3 * 8 + 4 * 12 + 4 * 16]
+    # Under the default policy the count lies between the window-only and the every-step runs.
+    default = generate(two_layer, prompt, config("low_confidence", cache="dual"))
+    assert dual.tokens_per_row[0] - 3 * total + 4 <= default.tokens_per_row[0] <= left.tokens_per_row[0]
 
 
 def test_batched_cache_equals_each_prompt_alone(two_layer):
@@ -156,7 +163,7 @@ def test_bench_cache_report_has_every_mode_and_the_speedups(monkeypatch):
     monkeypatch.setattr(bench_cache, "one_token_per_step_baseline",
                         lambda *a, **kw: {"task": "one-class-upper", "accuracy": 0.0, "model_tokens": 8256.0})
     named = {"task": "one-class-upper", "config": dict(bench_cache.BEST_COMBINATION), "accuracy": 1.0,
-             "model_tokens": 600.0}
+             "model_tokens": 50.0}  # fewer positions than any real row: the named row wins
     monkeypatch.setattr(bench_cache, "best_combination_run", lambda *a, **kw: named)
     report = bench_cache.cache_report(quick=True, progress=False)
     for arm in bench_cache.SPEED_ARMS:

@@ -31,8 +31,8 @@ def config(strategy: str, **kw) -> DiffusionGenerationConfig:
     return DiffusionGenerationConfig(**base)
 
 
-@pytest.mark.parametrize("policy,fields", [("surprisal", {"cache_surprisal": 0.0}), ("interval", {"cache_refresh": 1}),
-                                           ("block", {"cache_refresh": 1})])
+@pytest.mark.parametrize("policy,fields", [("surprisal", {"cache_surprisal": 0.0, "cache_refresh_scope": "canvas"}),
+                                           ("interval", {"cache_refresh": 1}), ("block", {"cache_refresh": 1})])
 def test_every_policy_refreshing_every_step_is_bit_equal_to_no_cache(deep, policy, fields):
     ids, mask = left_pad(PROMPTS)
     for strategy in ("low_confidence", "threshold", "ccd", "ccd_marginal"):
@@ -71,6 +71,9 @@ def test_window_shift_is_exact_where_keys_depend_on_their_own_token_only():
             out = generate(model, ids, config(strategy, cache=cache, cache_surprisal=1e9), attention_mask=mask)
             assert out.sequences.tolist() == plain.sequences.tolist(), (strategy, cache)
             assert out.refreshes == 1
+            # A left refresh at every step (the suffix never recomputed) is exact there too.
+            left = generate(model, ids, config(strategy, cache=cache, cache_surprisal=0.0), attention_mask=mask)
+            assert left.sequences.tolist() == plain.sequences.tolist(), (strategy, cache)
 
 
 def test_surprisal_counts_information_of_committed_tokens_only():
@@ -143,3 +146,75 @@ def test_a_model_preferring_the_mask_token_still_fills_the_canvas():
         for temperature in (0.0, 1.0):
             out = generate(model, ids, config(strategy, temperature=temperature), logits_hook=mask_wins)
             assert not (out.generated == mask_id).any(), (strategy, temperature)
+
+
+def _canvas(model, prompts, gen_length=12):
+    ids, mask = left_pad(prompts)
+    x = torch.cat([ids, torch.full((ids.shape[0], gen_length), model.config.mask_token_id)], 1)
+    return x, torch.cat([mask, mask.new_ones(ids.shape[0], gen_length)], 1)
+
+
+def test_left_refresh_recomputes_the_left_and_keeps_the_suffix(deep):
+    """scope="left": the prompt, the finished blocks and the block get fresh keys/values; the masked suffix keeps
+    the stored ones. With nothing committed since a full refresh it equals that refresh."""
+    from cmikit.decoding.adapters import BlockKVCache, adapt
+
+    adapter = adapt(deep)
+    x, mask = _canvas(deep, PROMPTS)
+    lo, hi = 10, 14
+    full = BlockKVCache(adapter, "dual")
+    full_logits = full.refresh(x, mask, lo, hi, keep=(lo, hi))
+    cache = BlockKVCache(adapter, "dual", scope="left")
+    assert torch.equal(cache.step(x, mask, lo, hi, True)[0], full_logits)  # the first refresh is a full forward
+    logits, run = cache.step(x, mask, lo, hi, True)  # nothing committed: the same numbers
+    assert run.tolist() == [hi] * 3
+    torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-5)
+    for layer, (k, v) in full.store.frozen.items():
+        torch.testing.assert_close(cache.store.frozen[layer][0], k, rtol=1e-5, atol=1e-5)
+    before = {layer: (k.clone(), v.clone()) for layer, (k, v) in cache.store.frozen.items()}
+    x[:, lo:lo + 2] = 7  # the block commits two tokens; row 1 refreshes, rows 0 and 2 run cached
+    logits, run = cache.step(x, mask, lo, hi, torch.tensor([False, True, False]))
+    assert run.tolist() == [hi - lo, hi, hi - lo]
+    prefix, suffix = slice(0, lo), slice(lo, None)  # the stored positions: [0, lo) then the suffix [hi, L)
+    for layer, (k, v) in cache.store.frozen.items():
+        assert torch.equal(k[:, :, suffix], before[layer][0][:, :, suffix])  # no row's suffix moved
+        assert torch.equal(k[[0, 2]], before[layer][0][[0, 2]])  # the cached rows kept everything
+    last = max(cache.store.frozen)  # layer 0's keys depend on their own token only; deeper ones see the commits
+    assert not torch.allclose(cache.store.frozen[last][0][1, :, prefix], before[last][0][1, :, prefix])
+    alone = BlockKVCache(adapter, "dual", scope="left")  # row 1 alone: the same numbers as in the batch
+    x_before = x.clone()
+    x_before[:, lo:lo + 2] = deep.config.mask_token_id
+    alone.refresh(x_before[1:2], mask[1:2], lo, hi)
+    torch.testing.assert_close(alone.step(x[1:2], mask[1:2], lo, hi, True)[0], logits[1:2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", ["llada", "dream"])
+def test_refresh_projects_only_the_block_onto_the_vocabulary(make):
+    """keep=(lo, hi) runs the vocabulary projection on the block's rows only (logits_to_keep), shifted for Dream,
+    and gives the full forward's numbers; a model without logits_to_keep gets the same by slicing."""
+    from cmikit.decoding.adapters import adapt
+    from cmikit.harness.testing import tiny_dream_like
+
+    model = tiny_llada_like(seed=2) if make == "llada" else tiny_dream_like(seed=2)
+    adapter = adapt(model)
+    x, mask = _canvas(model, PROMPTS)
+    full = adapter.logits(x, mask)
+    assert adapter.takes_logits_to_keep()
+    for lo, hi in ((0, 4), (6, 10), (14, 18)):
+        torch.testing.assert_close(adapter.logits(x, mask, keep=(lo, hi)), full[:, lo:hi], rtol=1e-5, atol=1e-5)
+    adapter._logits_to_keep = False  # the slicing fallback
+    torch.testing.assert_close(adapter.logits(x, mask, keep=(6, 10)), full[:, 6:10], rtol=1e-5, atol=1e-5)
+
+
+def test_refresh_scope_defaults_and_refusals():
+    from cmikit.decoding.cache_policy import resolved_refresh_scope
+
+    cfg = DiffusionGenerationConfig(gen_length=8, cache="dual")
+    assert resolved_refresh_scope(cfg) == "left"
+    assert resolved_refresh_scope(cfg.update(cache_policy="block")) == "canvas"
+    assert resolved_refresh_scope(cfg.update(cache_refresh=2)) == "canvas"
+    assert resolved_refresh_scope(cfg.update(cache_policy="block", cache_refresh_scope="left")) == "left"
+    with pytest.raises(ConfigError, match="cache_refresh_scope"):
+        DiffusionGenerationConfig(gen_length=8, cache="dual", cache_refresh_scope="suffix")
+    with pytest.raises(ConfigError, match="cache_refresh_scope='left' needs a KV cache"):
+        DiffusionGenerationConfig(gen_length=8, cache_refresh_scope="left")

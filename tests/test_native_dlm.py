@@ -233,7 +233,8 @@ def test_dual_cache_runs_on_both_formats_with_guidance(loaded, fmt):
         plain = generate(adapter, ids, _config(**kw), attention_mask=mask)
         dual = generate(adapter, ids, _config(**kw, cache="dual"), attention_mask=mask)
         assert not (dual.generated == adapter.mask_token_id).any()
-        assert dual.nfe == plain.nfe and dual.model_tokens < plain.model_tokens  # the cache ran the block only
+        # The cache ran the block only (CCD's adaptive budget may take a different number of steps).
+        assert dual.model_tokens < plain.model_tokens and (kw["strategy"] == "ccd" or dual.nfe == plain.nfe)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
