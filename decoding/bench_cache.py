@@ -189,9 +189,9 @@ def one_token_per_step_baseline(model_path: str | None = None, n_problems: int =
 
 
 #: The best combination found on one-class-upper (issue 18; sweep over strategy, threshold, steps, block length,
-#: cache, policy and budget on the 128 bench problems, docs/decoding.md): Fast-dLLM threshold at tau 0.8, the
-#: dual cache with its default refresh (``surprisal``, ``cache_surprisal`` 0.4), blocks of 16, gen_length 64.
-BEST_COMBINATION = {"strategy": "threshold", "threshold": 0.8, "block_length": 16, "cache": "dual"}
+#: cache, policy, scope and budget on the 128 bench problems, docs/decoding.md): Fast-dLLM threshold at tau 0.8,
+#: the dual cache with its default refresh (``surprisal`` 0.4, left scope), blocks of 32, gen_length 64.
+BEST_COMBINATION = {"strategy": "threshold", "threshold": 0.8, "block_length": 32, "cache": "dual"}
 
 
 def best_combination_run(model_path: str | None = None, n_problems: int = 256, batch_size: int = 128,

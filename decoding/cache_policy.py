@@ -19,8 +19,13 @@ to refresh now, and tells it after every step what was committed:
               but triggered by the model's own confidence, which costs no extra computation.
 ============  ==========================================================================================
 
+What a refresh recomputes is the cache's *scope* (``cache_refresh_scope``): ``canvas`` (a full forward, Fast-dLLM's
+refresh; the default of ``block`` and ``interval``) or ``left`` (the default of ``surprisal``): one pass over the
+prompt, the finished blocks and the block against the stored keys/values of the masked suffix, which keep theirs
+(:class:`cmikit.decoding.adapters.BlockKVCache`).
+
 Degenerate settings equal no cache bit for bit (every step refreshes): ``interval`` with ``cache_refresh=1``,
-``surprisal`` with ``cache_surprisal=0``. ``surprisal`` decides per row: in a batch, the rows that spent their
+``surprisal`` with ``cache_surprisal=0`` and ``cache_refresh_scope="canvas"``. ``surprisal`` decides per row: in a batch, the rows that spent their
 budget run the whole canvas and get fresh keys/values, the others run cached in the same step (two model
 calls, one step, one NFE; each row's positions counted as run), so a sequence costs the same in a batch as
 alone.

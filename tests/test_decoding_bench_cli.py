@@ -58,6 +58,7 @@ def test_evaluate_setting_on_an_untrained_model():
     cfg = TinyDLMTrainConfig(length=6, n_diff=2, gen_length=8, hidden_size=16, num_layers=1, num_heads=2,
                              intermediate_size=32)
     tok = tiny_tokenizer()
+    torch.manual_seed(0)  # random weights: the same model on every run
     model = build_model(cfg, tok).eval()
     task = cfg.task()
     row = evaluate_setting(model, tok, task, task.problems(6, seed=0), DiffusionGenerationConfig(gen_length=8), 4)
