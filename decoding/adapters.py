@@ -172,13 +172,7 @@ class DiffusionModelAdapter:
         """The name under which the model's ``forward`` takes a transformers cache object (``cache`` since
         transformers 5.x, ``past_key_values`` before), or ``None`` when it takes none."""
         for cls in type(self.model).__mro__:
-            forward = cls.__dict__.get("forward")
-            if forward is None:
-                continue
-            try:
-                params = inspect.signature(forward).parameters
-            except (TypeError, ValueError):
-                continue
+            params = _parameters(cls.__dict__["forward"]) if "forward" in cls.__dict__ else {}
             for name in ("cache", "past_key_values"):
                 if name in params:
                     return name
@@ -222,6 +216,7 @@ class DiffusionModelAdapter:
 
 
 def _parameters(function) -> dict:
+    """A function's parameters by name ({} where its signature cannot be read)."""
     try:
         return dict(inspect.signature(function).parameters)
     except (TypeError, ValueError):

@@ -171,14 +171,16 @@ def test_left_refresh_recomputes_the_left_and_keeps_the_suffix(deep):
     torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-5)
     for layer, (k, v) in full.store.frozen.items():
         torch.testing.assert_close(cache.store.frozen[layer][0], k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cache.store.frozen[layer][1], v, rtol=1e-5, atol=1e-5)
     before = {layer: (k.clone(), v.clone()) for layer, (k, v) in cache.store.frozen.items()}
     x[:, lo:lo + 2] = 7  # the block commits two tokens; row 1 refreshes, rows 0 and 2 run cached
     logits, run = cache.step(x, mask, lo, hi, torch.tensor([False, True, False]))
     assert run.tolist() == [hi - lo, hi, hi - lo]
     prefix, suffix = slice(0, lo), slice(lo, None)  # the stored positions: [0, lo) then the suffix [hi, L)
-    for layer, (k, v) in cache.store.frozen.items():
-        assert torch.equal(k[:, :, suffix], before[layer][0][:, :, suffix])  # no row's suffix moved
-        assert torch.equal(k[[0, 2]], before[layer][0][[0, 2]])  # the cached rows kept everything
+    for layer, stored in cache.store.frozen.items():
+        for now, then in zip(stored, before[layer]):  # keys and values
+            assert torch.equal(now[:, :, suffix], then[:, :, suffix])  # no row's suffix moved
+            assert torch.equal(now[[0, 2]], then[[0, 2]])  # the cached rows kept everything
     last = max(cache.store.frozen)  # layer 0's keys depend on their own token only; deeper ones see the commits
     assert not torch.allclose(cache.store.frozen[last][0][1, :, prefix], before[last][0][1, :, prefix])
     alone = BlockKVCache(adapter, "dual", scope="left")  # row 1 alone: the same numbers as in the batch
