@@ -360,6 +360,10 @@ class BlockKVCache:
             parts.append((renew, fresh, length, {
                 "frozen": fresh_cache.store.frozen, "key_valid": fresh_cache.key_valid,
                 "positions": fresh_cache.positions, "window": fresh_cache.window, "block": fresh_cache.block}))
+        if len(parts) == 1:  # every row refreshed: its state is already the batch's, nothing to merge
+            _, logits, run, state = parts[0]
+            self._install(state)
+            return logits, torch.full((batch,), run, dtype=torch.long, device=input_ids.device)
         self._install(self._merge(parts, batch))
         first = parts[0][1]
         logits = first.new_empty((batch, *first.shape[1:]))
